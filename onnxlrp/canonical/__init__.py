@@ -1,0 +1,55 @@
+"""Graph rewrites that bring any exported model into the canonical form the compiler expects.
+
+Each rewrite is one module; `canonicalize` runs them in order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import UnsupportedModelError
+from .batch import make_batch_dynamic
+from .batchnorm import fold_batchnorm
+from .dense import normalise_dense
+from .fold_constants import fold_constants
+from .identity import remove_identities
+from .logits import find_logits
+from .pads import explicit_pads
+from .versions import normalise_versions
+
+
+@dataclass
+class CanonicalModel:
+    model: onnx.ModelProto  # canonical graph with inferred shapes
+    logits: str             # name of the tensor the explanation starts from
+    output_names: list[str]  # the original model's outputs, in order
+
+
+def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> CanonicalModel:
+    output_names = [o.name for o in model.graph.output]
+    model = normalise_versions(model)
+    model = make_batch_dynamic(model)
+    model = infer_shapes(model)
+    graph = gs.import_onnx(model)
+    fold_constants(graph)
+    remove_identities(graph)
+    explicit_pads(graph)
+    normalise_dense(graph)
+    fold_batchnorm(graph)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    ir_version = model.ir_version
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = ir_version
+    del model.graph.value_info[:]
+    model = infer_shapes(model)
+    return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"shape inference failed on the model: {first}") from None

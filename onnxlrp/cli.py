@@ -1,0 +1,190 @@
+"""The `onnxlrp` command line: compile, explain, inspect."""
+from __future__ import annotations
+
+import argparse
+import inspect as pyinspect
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import composites as composites_module
+from .errors import OnnxLrpError
+
+COMPOSITE_HELP = ("composite (default epsilon_plus_flat): " + ", ".join(sorted(composites_module.NAMED))
+                  + "; epsilon_gamma_box needs --low and --high")
+
+
+def _floats(text: str):
+    values = [float(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else np.array(values, dtype=np.float32).reshape(-1, 1, 1)
+
+
+def _add_composite_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rules")
+    group.add_argument("--composite", default="epsilon_plus_flat", help=COMPOSITE_HELP)
+    group.add_argument("--low", type=_floats, help="lowest input value for ZBox (a number, or one per channel: -2.1,-2.0,-1.8)")
+    group.add_argument("--high", type=_floats, help="highest input value for ZBox (a number, or one per channel)")
+    group.add_argument("--epsilon", type=float, help="epsilon of the Epsilon rule (default 1e-6)")
+    group.add_argument("--gamma", type=float, help="gamma of the Gamma rule (default 0.25)")
+    group.add_argument("--output", dest="model_output", default=None,
+                       help="which model output to explain (name or index; default the first)")
+
+
+def _composite_from(args):
+    name = args.composite.strip().lower().replace("-", "_")
+    if name not in composites_module.NAMED:
+        raise OnnxLrpError(f"unknown composite '{args.composite}'; known: {', '.join(sorted(composites_module.NAMED))}")
+    factory = composites_module.NAMED[name]
+    accepted = set(pyinspect.signature(factory).parameters)
+    given = {k: getattr(args, k) for k in ("low", "high", "epsilon", "gamma") if getattr(args, k) is not None}
+    ignored = sorted(set(given) - accepted)
+    if ignored:
+        print(f"note: {args.composite} does not use --{', --'.join(ignored)}", file=sys.stderr)
+    params = {k: v for k, v in given.items() if k in accepted}
+    missing = [p.name for p in pyinspect.signature(factory).parameters.values()
+               if p.default is pyinspect.Parameter.empty and p.name not in params]
+    if missing:
+        raise OnnxLrpError(f"composite {args.composite} needs --{' --'.join(missing)}")
+    return factory(**params)
+
+
+def _model_output(args):
+    value = args.model_output
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def cmd_compile(args) -> int:
+    from .compiler import compile as compile_model
+
+    composite = _composite_from(args)
+    models = [Path(m) for m in args.models]
+    if args.out and len(models) > 1:
+        raise OnnxLrpError("-o names one output file; with several models use --out-dir")
+    failures = 0
+    for model in models:
+        target = Path(args.out) if args.out else (Path(args.out_dir) if args.out_dir else model.parent) / (
+            model.name[:-5] + ".lrp.onnx" if model.name.endswith(".onnx") else model.name + ".lrp.onnx")
+        if target.resolve() == model.resolve():
+            raise OnnxLrpError(f"refusing to overwrite the input model '{model}'")
+        try:
+            written = compile_model(model, target, composite=composite, mode=args.mode, output=_model_output(args))
+            print(f"{model} -> {written}")
+        except OnnxLrpError as exc:
+            failures += 1
+            print(f"error: {model}: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_explain(args) -> int:
+    from .heatmap import save_array, save_heatmap
+    from .inputs import channels_last, load_input
+    from .runtime import Explainer
+
+    composite = _composite_from(args)
+    explainer = Explainer(args.model, composite=composite, output=_model_output(args),
+                          threads=args.threads)
+    compiled = explainer.compiled(args.mode if args.mode != "custom" else "logit")
+    if len(compiled.inputs) != 1:
+        raise OnnxLrpError(f"the command line explains single-input models; this one takes {compiled.inputs}")
+    shape = [d.dim_value if d.HasField("dim_value") else None
+             for d in next(v for v in compiled.model.graph.input if v.name == compiled.inputs[0]).type.tensor_type.shape.dim]
+    paths = [Path(p) for p in args.inputs]
+    out = Path(args.out)
+    failures, done = 0, 0
+    last = channels_last(shape)
+    for start in range(0, len(paths), args.batch_size):
+        batch_paths, samples = [], []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                samples.append(load_input(path, shape, mean=args.mean, std=args.std))
+                batch_paths.append(path)
+            except OnnxLrpError as exc:
+                failures += 1
+                print(f"error: {exc}", file=sys.stderr)
+        if not samples:
+            continue
+        result = explainer.explain(np.stack(samples), target=args.target, mode=args.mode)
+        for i, path in enumerate(batch_paths):
+            relevance = result.relevance[i]
+            save_array(relevance, out / f"{path.stem}.relevance.npy")
+            save_heatmap(relevance, out / f"{path.stem}.heatmap.png", channel_axis=-1 if last else 0)
+            target = int(result.target[i]) if result.target is not None else None
+            print(f"{path}: class {target}, relevance sum {float(relevance.sum()):.6g} -> "
+                  f"{out / (path.stem + '.heatmap.png')}")
+            done += 1
+    print(f"explained {done} input(s), {failures} failed; results in {out}/")
+    return 1 if failures else 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import format_report, inspect_model
+
+    report = inspect_model(args.model, composite=_composite_from(args), output=_model_output(args))
+    print(format_report(report))
+    return 1 if report.problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxlrp", description="Layer-wise Relevance Propagation for ONNX models: "
+                                     "compile an explainer model, explain inputs, inspect rules.")
+    parser.add_argument("--version", action="version", version=f"onnxlrp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="write the explainer model (forward + relevance graph) for one or more models",
+                       description="Compile MODEL into an explainer .onnx: the model's own inputs plus 'target', "
+                       "its own outputs plus one relevance tensor per input. The input file is never modified.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX model file(s)")
+    p.add_argument("-o", "--out", help="output file (default MODEL.lrp.onnx beside the model)")
+    p.add_argument("--out-dir", help="folder for the outputs when compiling several models")
+    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "custom"],
+                   help="where the explanation starts (default logit)")
+    _add_composite_options(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("explain", help="explain images or .npy inputs: heatmap PNGs and relevance .npy",
+                       description="Explain each INPUT (an image or a .npy array of one sample). Images are "
+                       "converted to RGB, resized to the model's input size, scaled to [0, 1], then normalised "
+                       "with --mean/--std if given. Writes OUT/<name>.heatmap.png and OUT/<name>.relevance.npy.")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
+    p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    p.add_argument("--out", default="heatmaps", help="output folder (default heatmaps/)")
+    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob"], help="where the explanation starts")
+    p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per run (default 16)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    _add_composite_options(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("inspect", help="show the rule each layer gets and the ops that cannot be explained",
+                       description="Print node -> rule/treatment for every node between the input and the logits, "
+                       "and a clear message with a remedy for each unsupported op. Exit code 1 if any.")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    _add_composite_options(p)
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OnnxLrpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad rule parameters, e.g. AlphaBeta(alpha - beta != 1)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The relevance compiler: canonical forward graph in, forward + relevance graph out.
+
+It walks the forward graph from the logits back to the explained input; for every node on that path
+it asks the node's op handler (onnxlrp.ops) for relevance nodes, and sums the relevance a tensor
+receives from all its consumers (fan-out). The result is one ONNX model: the forward nodes, the
+relevance nodes, and the rule-transformed weights as initialisers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import TensorProto, helper
+
+from . import __version__
+from . import composites as composites_module
+from .canonical import CanonicalModel, canonicalize
+from .canonical.batch import BATCH_DIM
+from .composites import Composite, Layer
+from .errors import UnsupportedModelError, UnsupportedOpError
+from .graph import ForwardGraph
+from .model import load_model, save_model
+from .ops import WEIGHTED, handler_for
+from .ops.context import Builder, NodeContext
+from .output_relevance import build_output_relevance
+from .rules import Pass, Rule
+
+LAYER_SUM_PREFIX = "lrp_sum/"
+
+
+@dataclass
+class CompiledExplainer:
+    model: onnx.ModelProto
+    inputs: list[str]              # the model's own inputs, in order
+    target_input: str | None       # None in custom mode
+    custom_input: str | None       # the output-relevance input in custom mode
+    output_names: list[str]        # the model's own outputs, in order
+    relevance_outputs: dict[str, str]  # explained input -> relevance output
+    target_output: str | None
+    logits: str
+    n_classes: int
+    layer_rules: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, rule)
+    layer_sum_outputs: list[str] = field(default_factory=list)
+
+
+def layers_on_path(fwd: ForwardGraph, path_nodes: list[onnx.NodeProto]) -> list[Layer]:
+    weighted = [n for n in path_nodes if n.op_type in WEIGHTED]
+    conv_count = 0
+    layers = []
+    for index, node in enumerate(weighted):
+        kind = WEIGHTED[node.op_type]
+        layers.append(Layer(name=node.name, op_type=node.op_type, kind=kind, index=index, count=len(weighted),
+                            conv_index=conv_count if kind == "conv" else None))
+        conv_count += kind == "conv"
+    return layers
+
+
+def _assign_rules(composite: Composite, fwd: ForwardGraph, path_nodes) -> tuple[dict[str, Rule], list[Layer]]:
+    layers = layers_on_path(fwd, path_nodes)
+    if hasattr(composite, "prepare"):
+        composite.prepare(layers)
+    rules = {layer.name: composite.rule_for(layer) for layer in layers}
+    for node in path_nodes:
+        if node.name not in rules:
+            declared = composite.rule_for_op(node.op_type, node.name)
+            if declared is not None:
+                rules[node.name] = declared
+    return rules, layers
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Every node gets a unique name: rules are keyed and relevance nodes are named by it."""
+    seen = set()
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def path_nodes_of(fwd: ForwardGraph, sources: list[str], logits: str) -> list[onnx.NodeProto]:
+    live = fwd.descendants(sources)
+    needed = fwd.ancestors(logits)
+    return [n for n in fwd.nodes
+            if any(i in live for i in n.input if i) and any(o in needed for o in n.output if o)]
+
+
+def compile_explainer(model, composite: Composite | str | None = None, mode: str = "logit",
+                      output: int | str | None = None, inputs: list[str] | None = None,
+                      layer_sums: bool = False) -> CompiledExplainer:
+    """Build the explainer model in memory. `model`: a path or an onnx.ModelProto."""
+    composite = composites_module.get(composite)
+    proto = load_model(model)
+    if proto.graph.node and any(n.op_type in ("If", "Loop", "Scan") for n in proto.graph.node):
+        node = next(n for n in proto.graph.node if n.op_type in ("If", "Loop", "Scan"))
+        raise UnsupportedOpError(node.op_type, node.name or "?", "control flow cannot be explained; export the model "
+                                 "with the branch or loop unrolled for a fixed input")
+    canonical: CanonicalModel = canonicalize(proto, output)
+    _name_nodes(canonical.model)
+    fwd = ForwardGraph(canonical.model)
+
+    explained = inputs or [name for name in fwd.input_names if fwd.elem_type(name) == TensorProto.FLOAT][:1]
+    if not explained:
+        raise UnsupportedModelError("the model has no float32 input to explain")
+    for name in explained:
+        if name not in fwd.input_names:
+            raise UnsupportedModelError(f"the model has no input '{name}'; its inputs are {fwd.input_names}")
+    logits = canonical.logits
+    logits_shape = fwd.shape(logits)
+    if fwd.elem_type(logits) != TensorProto.FLOAT:
+        raise UnsupportedModelError(f"the logits '{logits}' are not float32; onnxlrp explains float32 models")
+    if logits_shape is None or len(logits_shape) != 2 or logits_shape[1] is None:
+        raise UnsupportedModelError(f"the logits '{logits}' have shape {logits_shape}; onnxlrp explains classifiers "
+                                    "whose logits are [batch, classes] with a fixed number of classes")
+    live = fwd.descendants(explained)
+    if logits not in live:
+        raise UnsupportedModelError(f"the logits '{logits}' do not depend on the input(s) {explained}")
+
+    path = path_nodes_of(fwd, explained, logits)
+    rules, layers = _assign_rules(composite, fwd, path)
+
+    b = Builder()
+    taken = {v.name for v in list(canonical.model.graph.input) + list(canonical.model.graph.output)}
+    start, extra_inputs, extra_outputs = build_output_relevance(b, logits, logits_shape[1], mode, taken)
+
+    forward_nodes = [_copy(n) for n in fwd.nodes]
+    by_name = {n.name: n for n in forward_nodes}
+    received: dict[str, list[str]] = {logits: [start]}
+    sum_outputs = []
+    for node in reversed(path):
+        relevance_out = [_gather(b, received.pop(o, None), node.name) if o else None for o in node.output]
+        if not any(relevance_out):
+            continue
+        rule = rules.get(node.name)
+        handler = handler_for(node.op_type)
+        if handler is None:
+            handler = _declared_pass if isinstance(rule, Pass) else None
+        if handler is None or node.domain not in ("", "ai.onnx"):
+            domain = f" from domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+            raise UnsupportedOpError(node.op_type, node.name, f"no relevance handler{domain}")
+        b.set_scope(node.name)
+        ctx = NodeContext(node=by_name[node.name], graph=fwd, b=b, rule=rule, relevance_out=relevance_out,
+                          live=[bool(i) and i in live for i in node.input])
+        sent = handler(ctx)
+        for name, relevance in zip(node.input, sent):
+            if relevance is not None and name in live:
+                received.setdefault(name, []).append(relevance)
+        if layer_sums and node.op_type in WEIGHTED:
+            sum_outputs.append(_layer_sum(b, sent[0], node.name))
+
+    relevance_outputs = {}
+    graph_outputs = [_with_dynamic_batch(v) for v in canonical.model.graph.output]
+    for name in explained:
+        b.set_scope(f"relevance/{name}")
+        final = _gather(b, received.get(name), name)
+        out_name = f"relevance_{name}"
+        if final is None:
+            final = b.op("Mul", [name, b.scalar(0.0)])
+        b.nodes.append(helper.make_node("Identity", [final], [out_name], name=f"lrp/output/{out_name}"))
+        shape = fwd.shape(name)
+        graph_outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT,
+                                                           [BATCH_DIM] + list(shape[1:])))
+        relevance_outputs[name] = out_name
+    if layer_sums:
+        b.set_scope("relevance/sums")
+        sum_outputs.reverse()
+        sum_outputs.insert(0, _layer_sum(b, start, "output"))
+        for name in explained:
+            sum_outputs.append(_layer_sum(b, relevance_outputs[name], f"input/{name}"))
+        for name in sum_outputs:
+            graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM]))
+    graph_outputs.extend(extra_outputs)
+
+    graph = helper.make_graph(
+        forward_nodes + b.nodes, "onnxlrp_explainer",
+        [_with_dynamic_batch(v) for v in canonical.model.graph.input] + extra_inputs, graph_outputs,
+        initializer=list(canonical.model.graph.initializer) + b.initializers)
+    explainer = helper.make_model(graph, opset_imports=list(canonical.model.opset_import),
+                                  producer_name="onnxlrp", producer_version=__version__)
+    explainer.ir_version = canonical.model.ir_version
+    layer_rules = [(layer.name, layer.op_type, repr(rules[layer.name])) for layer in layers]
+    target_input = extra_inputs[0].name if mode != "custom" else None
+    compiled = CompiledExplainer(
+        model=explainer, inputs=list(fwd.input_names), target_input=target_input,
+        custom_input=extra_inputs[0].name if mode == "custom" else None,
+        output_names=canonical.output_names, relevance_outputs=relevance_outputs,
+        target_output=extra_outputs[0].name if extra_outputs else None, logits=logits,
+        n_classes=int(logits_shape[1]),
+        layer_rules=layer_rules, layer_sum_outputs=sum_outputs if layer_sums else [])
+    _write_metadata(compiled, composite, mode)
+    return compiled
+
+
+def _declared_pass(ctx: NodeContext):
+    """An op declared Pass by the composite: relevance goes to its first input unchanged."""
+    x_shape, y_shape = ctx.shape(ctx.x()), ctx.shape(ctx.y())
+    if x_shape != y_shape:
+        raise UnsupportedOpError(ctx.node.op_type, ctx.name, f"declared Pass, but its output shape {y_shape} differs "
+                                 f"from its input shape {x_shape}")
+    return [ctx.R()] + [None] * (len(ctx.node.input) - 1)
+
+
+def _gather(b: Builder, parts: list[str] | None, scope: str) -> str | None:
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    b.set_scope(f"{scope}/fanout")
+    return b.op("Sum", parts)
+
+
+def _layer_sum(b: Builder, relevance: str, label: str) -> str:
+    name = f"{LAYER_SUM_PREFIX}{label}"
+    flat = b.op("Flatten", [relevance], axis=1)
+    b.nodes.append(helper.make_node("ReduceSum", [flat, b.ints([1])], [name], keepdims=0, name=f"lrp/{name}"))
+    return name
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
+
+
+def _with_dynamic_batch(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(value)
+    dims = copy.type.tensor_type.shape.dim
+    if len(dims) and not dims[0].dim_param:
+        dims[0].Clear()
+        dims[0].dim_param = BATCH_DIM
+    return copy
+
+
+def _write_metadata(compiled: CompiledExplainer, composite, mode: str) -> None:
+    info = {
+        "onnxlrp_version": __version__, "composite": repr(composite), "mode": mode,
+        "inputs": compiled.inputs, "target_input": compiled.target_input, "custom_input": compiled.custom_input,
+        "outputs": compiled.output_names, "relevance_outputs": compiled.relevance_outputs,
+        "target_output": compiled.target_output, "logits": compiled.logits,
+        "layer_sum_outputs": compiled.layer_sum_outputs,
+    }
+    entry = compiled.model.metadata_props.add()
+    entry.key, entry.value = "onnxlrp", json.dumps(info)
+
+
+def compile(model, output_path: str | os.PathLike, composite: Composite | str | None = None, mode: str = "logit",
+            output: int | str | None = None, check: bool = True, **options):
+    """Compile `model` into an explainer model written atomically to `output_path`.
+
+    The input model file is only read. Returns the path written.
+    """
+    compiled = compile_explainer(model, composite=composite, mode=mode, output=output, **options)
+    if check:
+        check_explainer(compiled.model)
+    return save_model(compiled.model, output_path)
+
+
+def check_explainer(model: onnx.ModelProto) -> None:
+    if model.ByteSize() < 2 * 1024**3 - 1024**2:
+        onnx.checker.check_model(model, full_check=True)
+    else:
+        onnx.checker.check_model(model)
+
+
+__all__ = ["compile", "compile_explainer", "CompiledExplainer", "check_explainer"]

@@ -1,0 +1,97 @@
+"""Read-only index over a canonical forward graph: producers, consumers, constants, shapes."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# ops whose output is >= 0 whatever their input (lets rules skip their x- terms)
+NONNEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax", "HardSigmoid", "Abs", "Softplus")
+# ops that keep non-negativity of their (first) input
+NONNEGATIVE_PRESERVING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
+                          "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat",
+                          "Split", "Slice", "Pad")
+
+
+class ForwardGraph:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.nodes:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(node)
+        self.value_infos = {}
+        for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+            self.value_infos[value.name] = value
+        self.input_names = [v.name for v in graph.input if v.name not in self.constants]
+        self.output_names = [v.name for v in graph.output]
+        self._nonneg: dict[str, bool] = {}
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.constants.get(name)
+
+    def shape(self, name: str) -> tuple | None:
+        """Dims as ints, or None for a dynamic dim (e.g. the batch); None if the rank is unknown."""
+        value = self.value_infos.get(name)
+        if value is None:
+            if name in self.constants:
+                return tuple(self.constants[name].shape)
+            return None
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            return None
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+
+    def elem_type(self, name: str) -> int | None:
+        value = self.value_infos.get(name)
+        if value is None:
+            if name in self.constants:
+                return onnx.helper.np_dtype_to_tensor_dtype(self.constants[name].dtype)
+            return None
+        return value.type.tensor_type.elem_type
+
+    def descendants(self, sources: list[str]) -> set[str]:
+        """Tensor names that depend on any of `sources` (the sources included)."""
+        live = set(sources)
+        for node in self.nodes:  # nodes are in topological order
+            if any(i in live for i in node.input if i):
+                live.update(o for o in node.output if o)
+        return live
+
+    def ancestors(self, target: str) -> set[str]:
+        """Tensor names `target` depends on (itself included)."""
+        needed = {target}
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                needed.update(i for i in node.input if i)
+        return needed
+
+    def is_nonnegative(self, name: str) -> bool:
+        if name in self._nonneg:
+            return self._nonneg[name]
+        result = False
+        if name in self.constants:
+            result = bool(np.all(self.constants[name] >= 0))
+        elif name in self.producer:
+            node = self.producer[name]
+            if node.op_type in NONNEGATIVE_OPS:
+                result = True
+            elif node.op_type == "Clip":
+                low = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+                result = low is not None and float(low) >= 0
+            elif node.op_type == "Concat":
+                result = all(self.is_nonnegative(i) for i in node.input)
+            elif node.op_type in NONNEGATIVE_PRESERVING:
+                result = self.is_nonnegative(node.input[0])
+        self._nonneg[name] = result
+        return result

@@ -1,0 +1,65 @@
+"""Reading inputs for the command line: .npy arrays or images.
+
+Image preprocessing (documented in README): the image is converted to RGB (or grayscale when the
+model takes one channel), resized to the model's height x width with bilinear filtering, scaled to
+[0, 1], normalised per channel as (x - mean) / std when --mean/--std are given, and laid out as
+the model expects (channels first, NCHW, unless the model's input ends in 1 or 3 channels, NHWC).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def channels_last(shape) -> bool:
+    """NHWC if the last dim looks like channels and the second does not."""
+    return len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4)
+
+
+def load_input(path: str | Path, shape, mean=None, std=None) -> np.ndarray:
+    """One sample (without batch axis) as float32, shaped like `shape[1:]`."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"cannot read '{path}' as a .npy array ({type(exc).__name__})") from None
+        array = np.asarray(array, dtype=np.float32)
+        expected = tuple(shape[1:])
+        if array.ndim == len(shape) and array.shape[0] == 1:
+            array = array[0]
+        if array.shape != expected and not any(not isinstance(d, int) for d in expected):
+            raise InputError(f"'{path}' holds an array of shape {array.shape}; the model expects {expected}")
+        return array
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _load_image(path, shape, mean, std)
+    raise InputError(f"'{path}': give images ({', '.join(sorted(IMAGE_SUFFIXES))}) or .npy arrays")
+
+
+def _load_image(path: Path, shape, mean, std) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(shape) != 4 or any(not isinstance(d, int) for d in shape[1:]):
+        raise InputError(f"the model input {list(shape)} is not an image batch of fixed size; give .npy arrays")
+    last = channels_last(shape)
+    channels, height, width = (shape[3], shape[1], shape[2]) if last else (shape[1], shape[2], shape[3])
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read '{path}' as an image ({exc})") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    if channels not in (1, 3):
+        raise InputError(f"the model takes {channels} channels; images give 1 or 3, use .npy arrays")
+    if mean is not None:
+        array = array - np.asarray(mean, dtype=np.float32).reshape(1, 1, -1)
+    if std is not None:
+        array = array / np.asarray(std, dtype=np.float32).reshape(1, 1, -1)
+    return array if last else np.ascontiguousarray(array.transpose(2, 0, 1))

@@ -1,0 +1,75 @@
+"""`onnxlrp inspect`: which rule or treatment each node on the relevance path gets, and what cannot be
+explained (with a remedy)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import composites as composites_module
+from .canonical import canonicalize
+from .compiler import _assign_rules, _name_nodes, compile_explainer, path_nodes_of
+from .errors import OnnxLrpError, UnsupportedOpError
+from .graph import ForwardGraph
+from .model import load_model
+from .ops import WEIGHTED, handler_for
+from .rules import Pass
+
+
+@dataclass
+class Row:
+    node: str
+    op_type: str
+    treatment: str
+    supported: bool
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    logits: str
+    problems: list[str]
+
+
+def inspect_model(model, composite=None, output=None) -> Report:
+    composite = composites_module.get(composite)
+    proto = load_model(model)
+    canonical = canonicalize(proto, output)
+    _name_nodes(canonical.model)
+    fwd = ForwardGraph(canonical.model)
+    explained = fwd.input_names[:1]
+    path = path_nodes_of(fwd, explained, canonical.logits)
+    rules, _ = _assign_rules(composite, fwd, path)
+    rows, problems = [], []
+    for node in path:
+        handler = handler_for(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = rules.get(node.name)
+        if node.op_type in WEIGHTED:
+            rows.append(Row(node.name, node.op_type, repr(rule), True))
+        elif handler is not None:
+            label = (handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else "handled"
+            rows.append(Row(node.name, node.op_type, repr(rule) if rule is not None else label, True))
+        elif isinstance(rule, Pass):
+            rows.append(Row(node.name, node.op_type, "Pass (declared)", True))
+        else:
+            rows.append(Row(node.name, node.op_type, "UNSUPPORTED", False))
+            problems.append(str(UnsupportedOpError(node.op_type, node.name, "no relevance handler")))
+    if not problems:
+        try:
+            compile_explainer(proto, composite=composite, output=output)
+        except OnnxLrpError as exc:
+            problems.append(str(exc))
+    return Report(rows=rows, logits=canonical.logits, problems=problems)
+
+
+def format_report(report: Report) -> str:
+    width_node = max([len("node")] + [len(r.node) for r in report.rows])
+    width_op = max([len("op")] + [len(r.op_type) for r in report.rows])
+    lines = [f"{'node':<{width_node}}  {'op':<{width_op}}  rule / treatment",
+             f"{'-' * width_node}  {'-' * width_op}  {'-' * 16}"]
+    lines += [f"{r.node:<{width_node}}  {r.op_type:<{width_op}}  {r.treatment}" for r in report.rows]
+    lines.append(f"\nexplanation starts at the logits '{report.logits}'")
+    if report.problems:
+        lines.append(f"\n{len(report.problems)} problem(s):")
+        lines += [f"  - {p}" for p in report.problems]
+    else:
+        lines.append("all ops on the relevance path are supported")
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""Loading and saving ONNX models: paths or ModelProto in, atomic writes out."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from .errors import ModelLoadError
+
+# Models above this size must keep their weights in an external data file.
+_PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2
+
+
+def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Return a ModelProto with external data loaded; never modifies the caller's object or file."""
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    path = Path(model)
+    if not path.exists():
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        raise ModelLoadError(f"'{path}' is a folder; give the path of an .onnx file")
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # protobuf raises several unrelated types
+        raise ModelLoadError(
+            f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'truncated or corrupt file'})"
+        ) from None
+    if len(proto.graph.node) == 0:
+        raise ModelLoadError(f"'{path}' holds no graph nodes: is it an ONNX model?")
+    return proto
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write `model` to `path` atomically (temporary file in the same folder, then rename).
+
+    Models over the 2 GB protobuf limit are written with their weights in `<name>.data` beside it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > _PROTOBUF_LIMIT
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if large:
+            data_name = path.name + ".data"
+            tmp_data = path.parent / (tmp.name + ".data")
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            # the model refers to its data file by name: rewrite the reference before the rename
+            saved = onnx.load(str(tmp), load_external_data=False)
+            for tensor in _external_tensors(saved):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save_model(saved, str(tmp))
+            os.replace(tmp_data, path.parent / data_name)
+        else:
+            onnx.save_model(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor

@@ -1,0 +1,156 @@
+"""What a handler works with: a builder for relevance nodes, and the forward node in context.
+
+A handler speaks in the terms of the formulas: forward input i (`ctx.x(i)`), forward output j
+(`ctx.y(j)`), relevance at output j (`ctx.R(j)`), and returns the relevance for each input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..graph import ForwardGraph
+from ..rules import Rule
+
+
+class Builder:
+    """Collects relevance nodes and initialisers with deterministic names `lrp/<forward node>/<k>`."""
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.scope = "head"
+        self._counts: dict[str, int] = {}
+        self._cache: dict[tuple, str] = {}
+
+    def set_scope(self, scope: str) -> None:
+        self.scope = scope
+
+    def fresh(self, hint: str = "") -> str:
+        k = self._counts.get(self.scope, 0)
+        self._counts[self.scope] = k + 1
+        return f"lrp/{self.scope}/{k}" + (f"_{hint}" if hint else "")
+
+    def const(self, array, hint: str = "") -> str:
+        arr = np.asarray(array)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(self.dtype)
+        name = self.fresh(hint or "const")
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def scalar(self, value: float) -> str:
+        """A float scalar of the model's dtype, shared across the graph."""
+        key = ("scalar", float(value))
+        if key not in self._cache:
+            name = f"lrp/const/{float(value)!r}"
+            self.initializers.append(numpy_helper.from_array(np.array(value, dtype=self.dtype), name))
+            self._cache[key] = name
+        return self._cache[key]
+
+    def ints(self, values) -> str:
+        """A shared int64 1-D constant (axes, shapes, split sizes)."""
+        values = tuple(int(v) for v in values)
+        key = ("ints",) + values
+        if key not in self._cache:
+            name = "lrp/const/int64_" + "_".join(str(v) for v in values).replace("-", "m")
+            self.initializers.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+            self._cache[key] = name
+        return self._cache[key]
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, hint: str = "", **attrs):
+        name = self.fresh(hint or op_type.lower())
+        outputs = [name] if n_out == 1 else [f"{name}:{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attrs))
+        return outputs[0] if n_out == 1 else outputs
+
+    # ---- small vocabulary shared by the handlers ----
+
+    def stabilize(self, u: str, eps: float) -> str:
+        """u + eps * sign(u), with sign(0) = +1."""
+        if eps == 0:
+            return u
+        nonneg = self.op("GreaterOrEqual", [u, self.scalar(0.0)])
+        return self.op("Where", [nonneg, self.op("Add", [u, self.scalar(eps)]),
+                                 self.op("Sub", [u, self.scalar(eps)])], hint="stab")
+
+    def divide(self, relevance: str, z: str, eps: float) -> str:
+        """R / stab(z)."""
+        return self.op("Div", [relevance, self.stabilize(z, eps)])
+
+    def add_all(self, terms: list[str]) -> str:
+        if len(terms) == 1:
+            return terms[0]
+        return self.op("Sum", terms)
+
+    def reshape_like(self, tensor: str, like: str) -> str:
+        return self.op("Reshape", [tensor, self.op("Shape", [like])])
+
+    def positive_part(self, x: str) -> str:
+        return self.op("Relu", [x])
+
+    def negative_part(self, x: str) -> str:
+        return self.op("Min", [x, self.scalar(0.0)])
+
+    def unbroadcast(self, tensor: str, full_shape: tuple, shape: tuple) -> str:
+        """Sum `tensor` (shaped like the broadcast result) back down to `shape` (numpy broadcasting)."""
+        lead = len(full_shape) - len(shape)
+        axes = list(range(lead))
+        for i, dim in enumerate(shape):
+            if dim == 1 and full_shape[lead + i] != 1:
+                axes.append(lead + i)
+        if not axes:
+            return tensor
+        reduced = self.op("ReduceSum", [tensor, self.ints(axes)], keepdims=1)
+        if lead:
+            reduced = self.op("Reshape", [reduced, self.ints([d if d is not None else 0 for d in shape])])
+        return reduced
+
+
+@dataclass
+class NodeContext:
+    node: onnx.NodeProto          # the forward node as it goes into the explainer (a handler may add outputs)
+    graph: ForwardGraph
+    b: Builder
+    rule: Rule | None             # from the composite for weighted layers and declared ops, else None
+    relevance_out: list[str | None]
+    live: list[bool]              # per input: does it depend on the explained input?
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def x(self, i: int = 0) -> str:
+        return self.node.input[i]
+
+    def y(self, j: int = 0) -> str:
+        return self.node.output[j]
+
+    def R(self, j: int = 0) -> str | None:  # noqa: N802 - the formulas' name
+        return self.relevance_out[j]
+
+    def const(self, i: int) -> np.ndarray | None:
+        if i >= len(self.node.input) or not self.node.input[i]:
+            return None
+        return self.graph.const(self.node.input[i])
+
+    def shape(self, name: str) -> tuple | None:
+        return self.graph.shape(name)
+
+    def attr(self, key: str, default=None):
+        for attribute in self.node.attribute:
+            if attribute.name == key:
+                value = helper.get_attribute_value(attribute)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    def ensure_output(self, j: int, hint: str) -> str:
+        """Make the forward node produce its optional output j (e.g. MaxPool's indices) and name it."""
+        while len(self.node.output) <= j:
+            self.node.output.append("")
+        if not self.node.output[j]:
+            self.node.output[j] = f"lrp/{self.node.name}/{hint}"
+        return self.node.output[j]

@@ -1,0 +1,128 @@
+"""Conv (1D/2D/3D, strides, pads, dilations, groups incl. depthwise) and ConvTranspose.
+
+The transpose of a Conv is a ConvTranspose with the same weight, strides, pads, dilations and group,
+with output_padding (and, for windows that overhang, extra end padding) chosen so that it lands
+exactly on the input's spatial size. The transpose of a ConvTranspose is the matching Conv.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from .context import NodeContext
+from .evaluate import evaluate_node
+from .registry import register
+from .weighted import LinearMap, propagate
+
+
+def transpose_geometry(in_size, out_size, kernel, strides, dilations, pads):
+    """(pads, output_padding) for a ConvTranspose that maps out_size back onto in_size."""
+    nd = len(kernel)
+    begins, ends = list(pads[:nd]), list(pads[nd:])
+    output_padding = []
+    for i in range(nd):
+        reach = strides[i] * (out_size[i] - 1) + dilations[i] * (kernel[i] - 1) + 1 - begins[i] - ends[i]
+        extra = in_size[i] - reach
+        if extra < 0:  # the last window overhangs (ceil_mode): trim it off the end instead
+            ends[i] -= extra
+            extra = 0
+        output_padding.append(extra)
+    return begins + ends, output_padding
+
+
+class _ConvGeometry:
+    def __init__(self, ctx: NodeContext, kernel):
+        nd = len(kernel)
+        self.kernel = list(kernel)
+        self.strides = list(ctx.attr("strides", [1] * nd))
+        self.dilations = list(ctx.attr("dilations", [1] * nd))
+        self.pads = list(ctx.attr("pads", [0] * (2 * nd)))
+        self.group = int(ctx.attr("group", 1))
+        x_shape, y_shape = ctx.shape(ctx.x()), ctx.shape(ctx.y())
+        if x_shape is None or y_shape is None or any(d is None for d in list(x_shape[1:]) + list(y_shape[1:])):
+            raise UnsupportedOpError(ctx.node.op_type, ctx.name,
+                                     f"its input/output shapes {x_shape} -> {y_shape} are not static apart from the "
+                                     "batch; give the model a fixed input size")
+        self.x_shape, self.y_shape = tuple(x_shape), tuple(y_shape)
+
+    def attrs(self, pads=None):
+        return dict(kernel_shape=self.kernel, strides=self.strides, dilations=self.dilations,
+                    pads=self.pads if pads is None else pads, group=self.group)
+
+
+class ConvMap(LinearMap):
+    def __init__(self, ctx: NodeContext):
+        weight = ctx.const(1)
+        if weight is None:
+            raise UnsupportedOpError("Conv", ctx.name, "its weight is computed in the graph; only constant weights "
+                                     "can be rule-transformed")
+        super().__init__(ctx, weight, ctx.const(2))
+        self.geometry = _ConvGeometry(ctx, weight.shape[2:])
+        g = self.geometry
+        self.t_pads, self.output_padding = transpose_geometry(
+            g.x_shape[2:], g.y_shape[2:], g.kernel, g.strides, g.dilations, g.pads)
+
+    def sample_shape(self):
+        return self.geometry.x_shape[1:]
+
+    def forward(self, inp, weight, bias):
+        inputs = [inp, self.weight_name(weight)]
+        bias_name = self.bias_name(bias)
+        if bias_name:
+            inputs.append(bias_name)
+        return self.ctx.b.op("Conv", inputs, **self.geometry.attrs())
+
+    def forward_constant(self, inp, weight, bias):
+        args = [inp.astype(np.float32), weight(self.weight).astype(np.float32)]
+        if bias is not None and self.bias is not None:
+            args.append(bias(self.bias).astype(np.float32))
+        return evaluate_node("Conv", args, **self.geometry.attrs())
+
+    def transpose(self, s, weight):
+        attrs = self.geometry.attrs(pads=self.t_pads)
+        return self.ctx.b.op("ConvTranspose", [s, self.weight_name(weight)], output_padding=self.output_padding,
+                             **attrs)
+
+
+class ConvTransposeMap(LinearMap):
+    """A ConvTranspose inside the model: its forward is ConvTranspose, its transpose a Conv."""
+
+    def __init__(self, ctx: NodeContext):
+        weight = ctx.const(1)
+        if weight is None:
+            raise UnsupportedOpError("ConvTranspose", ctx.name, "its weight is computed in the graph")
+        super().__init__(ctx, weight, ctx.const(2))
+        if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "") or ctx.attr("output_shape") is not None:
+            raise UnsupportedOpError("ConvTranspose", ctx.name, "auto_pad/output_shape are not supported; "
+                                     "give explicit pads and output_padding")
+        self.geometry = _ConvGeometry(ctx, weight.shape[2:])
+        self.output_padding = list(ctx.attr("output_padding", [0] * len(self.geometry.kernel)))
+
+    def sample_shape(self):
+        return self.geometry.x_shape[1:]
+
+    def forward(self, inp, weight, bias):
+        inputs = [inp, self.weight_name(weight)]
+        bias_name = self.bias_name(bias)
+        if bias_name:
+            inputs.append(bias_name)
+        return self.ctx.b.op("ConvTranspose", inputs, output_padding=self.output_padding, **self.geometry.attrs())
+
+    def forward_constant(self, inp, weight, bias):
+        args = [inp.astype(np.float32), weight(self.weight).astype(np.float32)]
+        if bias is not None and self.bias is not None:
+            args.append(bias(self.bias).astype(np.float32))
+        return evaluate_node("ConvTranspose", args, output_padding=self.output_padding, **self.geometry.attrs())
+
+    def transpose(self, s, weight):
+        return self.ctx.b.op("Conv", [s, self.weight_name(weight)], **self.geometry.attrs())
+
+
+@register("Conv", weighted="conv")
+def conv(ctx: NodeContext):
+    return [propagate(ctx, ConvMap(ctx), ctx.rule)]
+
+
+@register("ConvTranspose", weighted="conv")
+def conv_transpose(ctx: NodeContext):
+    return [propagate(ctx, ConvTransposeMap(ctx), ctx.rule)]

@@ -1,0 +1,96 @@
+"""Joins: Add / Sum / Sub of computed tensors (Norm), Concat (exact routing).
+
+An Add, Sub, Mul or Div with a constant operand (a bias or a normalisation step that could not be
+folded into a layer) passes relevance to its computed operand, as RULES.md prescribes.
+"""
+from __future__ import annotations
+
+from ..errors import UnsupportedOpError
+from ..rules import DEFAULT_STABILIZER, Norm, Pass
+from .context import NodeContext
+from .registry import register
+
+
+def _pass_to_live(ctx: NodeContext):
+    """Relevance to the single computed operand, summed down over broadcast axes if it was smaller."""
+    results = []
+    out_shape = ctx.shape(ctx.y())
+    for i, live in enumerate(ctx.live):
+        if not live:
+            results.append(None)
+            continue
+        in_shape = ctx.shape(ctx.x(i))
+        if in_shape is not None and out_shape is not None and len(in_shape) == len(out_shape) and all(
+                a == c for a, c in zip(in_shape, out_shape)):
+            results.append(ctx.R())
+        elif in_shape is None or out_shape is None:
+            raise UnsupportedOpError(ctx.node.op_type, ctx.name, "operand shapes are unknown")
+        else:
+            results.append(ctx.b.unbroadcast(ctx.R(), out_shape, in_shape))
+    return results
+
+
+def _norm(ctx: NodeContext, signs):
+    """R_i = sign_i * x_i * R / stab(y) for each computed operand."""
+    if isinstance(ctx.rule, Pass):
+        raise UnsupportedOpError(ctx.node.op_type, ctx.name, "Pass is ambiguous for a join of several tensors")
+    eps = ctx.rule.stabilizer if isinstance(ctx.rule, Norm) else DEFAULT_STABILIZER
+    b = ctx.b
+    s = b.divide(ctx.R(), ctx.y(), eps)
+    out_shape = ctx.shape(ctx.y())
+    results = []
+    for i, live in enumerate(ctx.live):
+        if not live:
+            results.append(None)
+            continue
+        share = b.op("Mul", [ctx.x(i), s])
+        if signs[i] < 0:
+            share = b.op("Neg", [share])
+        in_shape = ctx.shape(ctx.x(i))
+        if in_shape != out_shape:
+            if in_shape is None or out_shape is None:
+                raise UnsupportedOpError(ctx.node.op_type, ctx.name, "operand shapes are unknown")
+            share = b.unbroadcast(share, out_shape, in_shape)
+        results.append(share)
+    return results
+
+
+@register("Add", "Sum")
+def add(ctx: NodeContext):
+    """Norm (Pass with a constant operand)"""
+    if sum(ctx.live) < 2:
+        return _pass_to_live(ctx)
+    return _norm(ctx, [1] * len(ctx.node.input))
+
+
+@register("Sub")
+def sub(ctx: NodeContext):
+    """Norm (Pass with a constant operand)"""
+    if sum(ctx.live) < 2:
+        return _pass_to_live(ctx)
+    return _norm(ctx, [1, -1])
+
+
+@register("Mul", "Div")
+def scale(ctx: NodeContext):
+    """Pass (scaling by a constant)"""
+    if sum(ctx.live) < 2:
+        return _pass_to_live(ctx)
+    raise UnsupportedOpError(ctx.node.op_type, ctx.name, "a product of two computed tensors is not supported yet")
+
+
+@register("Concat")
+def concat(ctx: NodeContext):
+    """routing (split back)"""
+    out_shape = ctx.shape(ctx.y())
+    axis = int(ctx.attr("axis"))
+    axis = axis + len(out_shape) if axis < 0 else axis
+    sizes = []
+    for name in ctx.node.input:
+        shape = ctx.shape(name)
+        if shape is None or shape[axis] is None:
+            raise UnsupportedOpError("Concat", ctx.name, f"the size of input '{name}' along axis {axis} is not static")
+        sizes.append(shape[axis])
+    parts = ctx.b.op("Split", [ctx.R(), ctx.b.ints(sizes)], n_out=len(sizes), axis=axis)
+    parts = parts if isinstance(parts, list) else [parts]
+    return [part if live else None for part, live in zip(parts, ctx.live)]

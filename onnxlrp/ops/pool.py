@@ -1,0 +1,122 @@
+"""Pooling.
+
+MaxPool / GlobalMaxPool: winner-take-all (the gradient): each output's relevance goes to the input
+that won its window; an input that wins several overlapping windows receives the sum. The winners
+come from MaxPool's own indices output, scattered back with ScatterElements (runs on CPU and CUDA;
+MaxUnpool has no CUDA kernel).
+
+AveragePool / GlobalAveragePool: Norm, R_x = x * J^T [R / stab(y)], with J^T a depthwise
+ConvTranspose of ones over R / divisor (the divisor map is computed once, at compile time).
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..errors import UnsupportedOpError
+from ..rules import DEFAULT_STABILIZER, Norm, Pass
+from .context import NodeContext
+from .conv import transpose_geometry
+from .evaluate import evaluate_node
+from .registry import register
+
+
+def _zeros_like(ctx: NodeContext, like: str) -> str:
+    zero = helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])
+    return ctx.b.op("ConstantOfShape", [ctx.b.op("Shape", [like])], value=zero)
+
+
+def _static_spatial(ctx: NodeContext):
+    x_shape, y_shape = ctx.shape(ctx.x()), ctx.shape(ctx.y())
+    if x_shape is None or y_shape is None or any(d is None for d in list(x_shape[1:]) + list(y_shape[1:])):
+        raise UnsupportedOpError(ctx.node.op_type, ctx.name, f"shapes {x_shape} -> {y_shape} are not static apart "
+                                 "from the batch; give the model a fixed input size")
+    return tuple(x_shape), tuple(y_shape)
+
+
+def _norm_stabilizer(ctx: NodeContext) -> float | None:
+    """The stabiliser of the Norm rule, or None if the node was declared Pass."""
+    if isinstance(ctx.rule, Pass):
+        return None
+    return ctx.rule.stabilizer if isinstance(ctx.rule, Norm) else DEFAULT_STABILIZER
+
+
+@register("MaxPool")
+def max_pool(ctx: NodeContext):
+    """winner-take-all"""
+    if int(ctx.attr("storage_order", 0)) != 0:
+        raise UnsupportedOpError("MaxPool", ctx.name, "storage_order=1 (column-major indices) is not supported")
+    b = ctx.b
+    indices = ctx.ensure_output(1, "indices")
+    flat = b.ints([-1])
+    zeros = b.op("Reshape", [_zeros_like(ctx, ctx.x()), flat])
+    scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat]), b.op("Reshape", [ctx.R(), flat])],
+                     axis=0, reduction="add", hint="winners")
+    return [b.reshape_like(scattered, ctx.x())]
+
+
+@register("GlobalMaxPool")
+def global_max_pool(ctx: NodeContext):
+    """winner-take-all"""
+    b = ctx.b
+    per_channel = b.op("Reshape", [ctx.x(), b.ints([0, 0, -1])])
+    winner = b.op("ArgMax", [per_channel], axis=2, keepdims=1)
+    relevance = b.op("Reshape", [ctx.R(), b.ints([0, 0, 1])])
+    scattered = b.op("ScatterElements", [_zeros_like(ctx, per_channel), winner, relevance], axis=2, hint="winners")
+    return [b.reshape_like(scattered, ctx.x())]
+
+
+@register("AveragePool")
+def average_pool(ctx: NodeContext):
+    """Norm"""
+    eps = _norm_stabilizer(ctx)
+    if eps is None:
+        return [ctx.R()]
+    x_shape, y_shape = _static_spatial(ctx)
+    kernel = list(ctx.attr("kernel_shape"))
+    nd = len(kernel)
+    strides = list(ctx.attr("strides", [1] * nd))
+    dilations = list(ctx.attr("dilations", [1] * nd))
+    pads = list(ctx.attr("pads", [0] * (2 * nd)))
+    channels = x_shape[1]
+    divisor_weight = _inverse_divisors(ctx, x_shape, y_shape, kernel, strides, dilations, pads)
+    t_pads, output_padding = transpose_geometry(x_shape[2:], y_shape[2:], kernel, strides, dilations, pads)
+    b = ctx.b
+    s = b.divide(ctx.R(), ctx.y(), eps)
+    s = b.op("Mul", [s, b.const(divisor_weight, hint="inv_divisor")])
+    ones = b.const(np.ones([channels, 1] + kernel, dtype=np.float32), hint="ones_kernel")
+    back = b.op("ConvTranspose", [s, ones], kernel_shape=kernel, strides=strides, dilations=dilations, pads=t_pads,
+                group=channels, output_padding=output_padding)
+    return [b.op("Mul", [ctx.x(), back])]
+
+
+def _inverse_divisors(ctx, x_shape, y_shape, kernel, strides, dilations, pads):
+    """1 / divisor for every output position, as onnxruntime's AveragePool computes it."""
+    nd = len(kernel)
+    ones = np.ones((1, 1) + tuple(x_shape[2:]), dtype=np.float32)
+    pool_attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute}
+    averaged_ones = evaluate_node("AveragePool", [ones], **pool_attrs)
+    # in-bounds taps per window: a Conv of ones with ones (padding counts as zero); widen the end
+    # padding so that ceil_mode windows exist here too
+    conv_pads = list(pads)
+    for i in range(nd):
+        span = dilations[i] * (kernel[i] - 1) + 1
+        needed = (y_shape[2 + i] - 1) * strides[i] + span - (x_shape[2 + i] + pads[i] + pads[nd + i])
+        conv_pads[nd + i] += max(0, needed)
+    in_bounds = evaluate_node("Conv", [ones, np.ones((1, 1) + tuple(kernel), dtype=np.float32)],
+                              kernel_shape=kernel, strides=strides, dilations=dilations, pads=conv_pads)
+    in_bounds = in_bounds[(Ellipsis,) + tuple(slice(0, d) for d in y_shape[2:])]
+    return np.where(in_bounds > 0, averaged_ones / np.maximum(in_bounds, 1), 0.0)
+
+
+@register("GlobalAveragePool")
+def global_average_pool(ctx: NodeContext):
+    """Norm"""
+    eps = _norm_stabilizer(ctx)
+    if eps is None:
+        return [ctx.R()]
+    x_shape, _ = _static_spatial(ctx)
+    count = int(np.prod(x_shape[2:]))
+    b = ctx.b
+    s = b.divide(ctx.R(), ctx.y(), eps)
+    return [b.op("Mul", [ctx.x(), b.op("Div", [s, b.scalar(float(count))])])]

@@ -1,0 +1,164 @@
+"""Applying a rule (onnxlrp.rules: groups of terms) to any weighted layer.
+
+A weighted layer is described by a LinearMap: its weight W and bias b as numpy arrays, and how to
+emit "W' u + b'" (forward) and "W'^T s" (transpose) for a transformed W'. Conv, ConvTranspose and
+Gemm each provide one; everything rule-specific happens here, once for all of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..rules import CONSTANT_INPUTS, IDENTITY, Group, Norm, Pass, Rule, Transform
+from ..rules import Epsilon
+from .context import NodeContext
+
+
+class LinearMap:
+    """z = W x + b for one weighted node. Subclasses emit the actual ops."""
+
+    def __init__(self, ctx: NodeContext, weight: np.ndarray, bias: np.ndarray | None):
+        self.ctx = ctx
+        self.weight = weight
+        self.bias = bias
+        self._weights: dict[Transform, str] = {}
+        self._biases: dict[Transform, str] = {}
+
+    # transformed weights become initialisers, each at most once per layer
+    def weight_name(self, transform: Transform) -> str:
+        if transform not in self._weights:
+            self._weights[transform] = self.ctx.b.const(transform(self.weight), hint=f"W_{transform.kind}")
+        return self._weights[transform]
+
+    def bias_name(self, transform: Transform | None) -> str | None:
+        if transform is None or self.bias is None:
+            return None
+        if transform not in self._biases:
+            self._biases[transform] = self.ctx.b.const(transform(self.bias), hint=f"b_{transform.kind}")
+        return self._biases[transform]
+
+    def sample_shape(self) -> tuple:
+        """The explained layer input's shape without the batch axis (static)."""
+        raise NotImplementedError
+
+    def forward(self, inp: str, weight: Transform, bias: Transform | None) -> str:
+        raise NotImplementedError
+
+    def forward_constant(self, inp: np.ndarray, weight: Transform, bias: Transform | None) -> np.ndarray:
+        """W' inp + b' for an input-independent inp of shape (1, *sample_shape)."""
+        raise NotImplementedError
+
+    def transpose(self, s: str, weight: Transform) -> str:
+        raise NotImplementedError
+
+
+def propagate(ctx: NodeContext, layer: LinearMap, rule: Rule) -> str:
+    """Relevance sent to the layer's input under `rule`."""
+    if isinstance(rule, Pass):
+        return ctx.R()
+    if isinstance(rule, Norm):
+        rule = Epsilon(epsilon=rule.stabilizer)
+    inputs = _InputParts(ctx, layer)
+    group_results = []
+    for group in rule.groups():
+        terms = [t for t in group.terms if not inputs.vanishes(t.input)]
+        s = _scaled_relevance(ctx, layer, group, terms, inputs, rule.stabilizer)
+        back = [(inputs.times(t.input, layer.transpose(s, t.weight)), t.sign) for t in terms]
+        total = _signed_sum(ctx, back)
+        group_results.append((total, group.coefficient))
+    return _signed_sum(ctx, group_results)
+
+
+class _InputParts:
+    """x, x+, x-, and the constant inputs (ones, low, high), each emitted at most once."""
+
+    def __init__(self, ctx: NodeContext, layer: LinearMap):
+        self.ctx, self.layer = ctx, layer
+        self.x = ctx.x()
+        self.nonnegative = ctx.graph.is_nonnegative(self.x)
+        self._names: dict[str, str] = {}
+
+    def vanishes(self, which: str) -> bool:
+        return which == "x-" and self.nonnegative
+
+    def constant(self, which: str) -> np.ndarray:
+        shape = (1,) + tuple(self.layer.sample_shape())
+        if which == "ones":
+            return np.ones(shape, dtype=np.float32)
+        bound = getattr(self.ctx.rule, which)
+        try:
+            return np.broadcast_to(np.asarray(bound, dtype=np.float32), shape).copy()
+        except ValueError:
+            raise ValueError(f"ZBox {which} of shape {np.shape(bound)} does not broadcast to the input of "
+                             f"layer '{self.ctx.name}' with shape {shape}") from None
+
+    def name(self, which: str) -> str:
+        if which == "x" or (which == "x+" and self.nonnegative):
+            return self.x
+        if which not in self._names:
+            b = self.ctx.b
+            if which == "x+":
+                self._names[which] = b.positive_part(self.x)
+            elif which == "x-":
+                self._names[which] = b.negative_part(self.x)
+            else:
+                self._names[which] = b.const(self.constant(which), hint=which)
+        return self._names[which]
+
+    def times(self, which: str, tensor: str) -> str:
+        if which == "ones":
+            return tensor
+        return self.ctx.b.op("Mul", [self.name(which), tensor])
+
+
+def _reuses_forward(layer: LinearMap, term) -> bool:
+    """Is this term exactly the layer's own forward computation?"""
+    return term.input == "x" and term.weight == IDENTITY and (
+        layer.bias is None or term.bias == IDENTITY)
+
+
+def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps: float) -> str:
+    """s = gate * R / stab(z_group)."""
+    b = ctx.b
+    parts, constant = [], None
+    for t in terms:
+        if _reuses_forward(layer, t):
+            parts.append((ctx.y(), t.sign))
+        elif t.input in CONSTANT_INPUTS:
+            value = t.sign * layer.forward_constant(inputs.constant(t.input), t.weight, t.bias).astype(np.float64)
+            constant = value if constant is None else constant + value
+        else:
+            parts.append((layer.forward(inputs.name(t.input), t.weight, t.bias), t.sign))
+    if parts:
+        z = _signed_sum(ctx, parts)
+        if constant is not None:
+            z = b.op("Add", [z, b.const(constant, hint="z_const")])
+        s = b.divide(ctx.R(), z, eps)
+    else:  # the whole denominator is input-independent: stabilise it once, here
+        stabilized = constant + eps * np.where(constant >= 0, 1.0, -1.0) if eps else constant
+        s = b.op("Div", [ctx.R(), b.const(stabilized, hint="z_stab")])
+    if group.gate:
+        compare = "Greater" if group.gate == "positive" else "Less"
+        mask = b.op(compare, [ctx.y(), b.scalar(0.0)])
+        s = b.op("Where", [mask, s, b.scalar(0.0)], hint="gate")
+    return s
+
+
+def _signed_sum(ctx, weighted: list[tuple[str, float]]) -> str:
+    """sum_i c_i * t_i, with +-1 coefficients as Sum/Sub and others as one Mul each."""
+    b = ctx.b
+    plus, minus = [], []
+    for tensor, coefficient in weighted:
+        if coefficient == 1:
+            plus.append(tensor)
+        elif coefficient == -1:
+            minus.append(tensor)
+        elif coefficient > 0:
+            plus.append(b.op("Mul", [tensor, b.scalar(coefficient)]))
+        elif coefficient < 0:
+            minus.append(b.op("Mul", [tensor, b.scalar(-coefficient)]))
+    if not plus:
+        return b.op("Neg", [b.add_all(minus)])
+    total = b.add_all(plus)
+    if minus:
+        total = b.op("Sub", [total, b.add_all(minus)])
+    return total
