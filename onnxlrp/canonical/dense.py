@@ -39,10 +39,10 @@ def _normalise_gemm(graph: gs.Graph, node: gs.Node) -> None:
     alpha = float(node.attrs.get("alpha", 1.0))
     beta = float(node.attrs.get("beta", 1.0))
     weight = b.values if int(node.attrs.get("transB", 0)) else b.values.T
-    weight = (weight.astype(np.float64) * alpha).astype(b.values.dtype)
+    weight = np.asarray(weight.astype(np.float64) * alpha, dtype=b.values.dtype)
     inputs = [a, gs.Constant(unique_name(graph, f"{node.name}_W"), np.ascontiguousarray(weight))]
     if c is not None:
-        bias = (c.values.astype(np.float64) * beta).astype(c.values.dtype)
+        bias = np.asarray(np.asarray(c.values, dtype=np.float64) * beta, dtype=c.values.dtype)
         inputs.append(gs.Constant(unique_name(graph, f"{node.name}_b"), bias))
     if int(node.attrs.get("transA", 0)):
         transposed = gs.Variable(unique_name(graph, f"{a.name}_T"), dtype=a.dtype)

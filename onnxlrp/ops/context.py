@@ -78,7 +78,10 @@ class Builder:
                                  self.op("Sub", [u, self.scalar(eps)])], hint="stab")
 
     def divide(self, relevance: str, z: str, eps: float) -> str:
-        """R / stab(z)."""
+        """R / stab(z). Unstabilised (eps = 0), an output with z = 0 passes nothing on instead of 0/0 = NaN."""
+        if eps == 0:
+            is_zero = self.op("Equal", [z, self.scalar(0.0)])
+            return self.op("Where", [is_zero, self.scalar(0.0), self.op("Div", [relevance, z])])
         return self.op("Div", [relevance, self.stabilize(z, eps)])
 
     def add_all(self, terms: list[str]) -> str:

@@ -134,8 +134,9 @@ def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps:
             z = b.op("Add", [z, b.const(constant, hint="z_const")])
         s = b.divide(ctx.R(), z, eps)
     else:  # the whole denominator is input-independent: stabilise it once, here
-        stabilized = constant + eps * np.where(constant >= 0, 1.0, -1.0) if eps else constant
-        s = b.op("Div", [ctx.R(), b.const(stabilized, hint="z_stab")])
+        stabilized = constant + eps * np.where(constant >= 0, 1.0, -1.0)
+        inverse = np.divide(1.0, stabilized, out=np.zeros_like(stabilized), where=stabilized != 0)
+        s = b.op("Mul", [ctx.R(), b.const(inverse, hint="inv_z")])
     if group.gate:
         compare = "Greater" if group.gate == "positive" else "Less"
         mask = b.op(compare, [ctx.y(), b.scalar(0.0)])

@@ -1,0 +1,189 @@
+"""Every rule on single Conv / ConvTranspose / Gemm / MatMul layers against the dense-Jacobian reference."""
+import numpy as np
+import pytest
+from reference import dense_linear, rel_l2, rule_reference, single_op_model
+
+from onnxlrp import Explainer, composites, rules
+
+RULES = {
+    "epsilon": rules.Epsilon(),
+    "epsilon_big": rules.Epsilon(epsilon=0.5),
+    "zplus": rules.ZPlus(),
+    "alphabeta": rules.AlphaBeta(alpha=2.0, beta=1.0),
+    "gamma": rules.Gamma(gamma=0.25),
+    "zbox": rules.ZBox(low=-1.5, high=2.0),
+    "wsquare": rules.WSquare(),
+    "flat": rules.Flat(),
+    "zplus_zero_bias": rules.ZPlus(zero_bias=True),
+    "gamma_zero_bias": rules.Gamma(gamma=0.5, zero_bias=True),
+}
+
+CONVS = {
+    "2d_k3_s1_p1": ((2, 3, 6, 6), (4, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "2d_k3_s2_p1": ((2, 3, 7, 7), (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "2d_k3_s2_p0_leftover": ((2, 2, 8, 8), (3, 2, 3, 3), dict(strides=[2, 2])),
+    "2d_dilation2": ((2, 2, 7, 7), (3, 2, 3, 3), dict(dilations=[2, 2], pads=[2, 1, 2, 1])),
+    "2d_groups2": ((2, 4, 5, 5), (6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
+    "2d_depthwise": ((2, 3, 6, 6), (3, 1, 3, 3), dict(group=3, strides=[2, 2], pads=[1, 1, 1, 1])),
+    "2d_asymmetric_pads": ((2, 2, 5, 6), (3, 2, 2, 3), dict(pads=[0, 1, 1, 0], strides=[2, 1])),
+    "2d_same_upper_s2": ((2, 2, 7, 7), (3, 2, 3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "2d_same_lower": ((2, 2, 6, 6), (3, 2, 4, 4), dict(auto_pad="SAME_LOWER")),
+    "2d_valid": ((2, 2, 6, 6), (3, 2, 3, 3), dict(auto_pad="VALID")),
+    "1d_k3_s2_p1": ((2, 3, 9), (4, 3, 3), dict(strides=[2], pads=[1, 1])),
+    "3d_k3_s1_p1": ((2, 2, 4, 4, 4), (3, 2, 3, 3, 3), dict(pads=[1] * 6)),
+    "3d_k2_s2": ((2, 2, 4, 5, 4), (2, 2, 2, 2, 2), dict(strides=[2, 2, 2])),
+}
+
+
+def _relevance_like(z_columns, rng):
+    """Relevance as LRP produces it, proportional to the layer output (R = z * c, c of either sign).
+    Outputs whose z nearly cancels get none: there R / z only measures float32 rounding, amplified."""
+    z = z_columns.T
+    relevance = z * rng.normal(size=z.shape)
+    relevance[np.abs(z) < 0.05 * np.abs(z).mean()] = 0.0
+    return relevance.astype(np.float32)
+
+
+def _explain(model, x, relevance, rule):
+    explainer = Explainer(model, composite=composites.Uniform(rule))
+    return explainer.explain(x, mode="custom", output_relevance=relevance).relevance
+
+
+def _reference(name, rule, A, b, x, R, A_ones):
+    out = []
+    for xi, ri in zip(x, R):
+        kwargs = dict(A_ones=A_ones, eps=rule.stabilizer, zero_bias=getattr(rule, "zero_bias", False))
+        if name.startswith("gamma"):
+            kwargs["gamma"] = rule.gamma
+        if name == "zbox":
+            kwargs.update(low=np.full(xi.size, rule.low), high=np.full(xi.size, rule.high))
+        out.append(rule_reference(name.replace("_zero_bias", "").replace("_big", ""), A, b,
+                                  xi.ravel().astype(np.float64), ri.astype(np.float64), **kwargs))
+    return np.stack(out).reshape(x.shape)
+
+
+def _check(op_type, x_shape, w_shape, attrs, rule_name, rng):
+    rule = RULES[rule_name]
+    weight = rng.normal(size=w_shape).astype(np.float32)
+    out_channels = w_shape[0] if op_type == "Conv" else w_shape[1] * attrs.get("group", 1)
+    bias = rng.normal(scale=0.5, size=out_channels).astype(np.float32)
+    x = rng.normal(size=x_shape).astype(np.float32)
+    model = single_op_model(op_type, x_shape, {"w": weight, "b": bias}, attrs)
+    A, b = dense_linear(op_type, x_shape, weight, bias, attrs)
+    A_ones, _ = dense_linear(op_type, x_shape, np.ones_like(weight), None, attrs)
+    R = _relevance_like(A @ x.reshape(len(x), -1).T.astype(np.float64) + b[:, None], rng)
+    got = _explain(model, x, R, rule)
+    want = _reference(rule_name, rule, A, b, x, R, A_ones)
+    assert got.shape == x.shape
+    assert rel_l2(got, want) < 1e-5, rel_l2(got, want)
+
+
+@pytest.mark.parametrize("rule_name", list(RULES))
+@pytest.mark.parametrize("conv", list(CONVS))
+def test_conv_rules_match_dense_reference(conv, rule_name, rng):
+    x_shape, w_shape, attrs = CONVS[conv]
+    _check("Conv", x_shape, w_shape, attrs, rule_name, rng)
+
+
+CONV_TRANSPOSES = {
+    "2d_s2_p1_op1": ((2, 3, 4, 4), (3, 2, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])),
+    # grouped ConvTranspose is left out: onnx's reference evaluator (the independent side) cannot run it
+    "2d_s1_p1": ((2, 4, 4, 4), (4, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
+}
+
+
+@pytest.mark.parametrize("rule_name", ["epsilon", "zplus", "gamma", "alphabeta", "flat", "wsquare"])
+@pytest.mark.parametrize("case", list(CONV_TRANSPOSES))
+def test_conv_transpose_rules_match_dense_reference(case, rule_name, rng):
+    x_shape, w_shape, attrs = CONV_TRANSPOSES[case]
+    _check("ConvTranspose", x_shape, w_shape, attrs, rule_name, rng)
+
+
+GEMMS = {
+    "transB1": dict(transB=1),
+    "transB0": dict(transB=0),
+    "alpha_beta": dict(transB=1, alpha=0.5, beta=2.0),
+    "row_bias": dict(transB=0, bias_shape=(1, 5)),
+    "scalar_bias": dict(transB=1, bias_shape=()),
+}
+
+
+@pytest.mark.parametrize("rule_name", list(RULES))
+@pytest.mark.parametrize("case", list(GEMMS))
+def test_gemm_rules_match_dense_reference(case, rule_name, rng):
+    attrs = dict(GEMMS[case])
+    bias_shape = attrs.pop("bias_shape", (5,))
+    rule = RULES[rule_name]
+    n, k, m = 3, 6, 5
+    w = rng.normal(size=(m, k) if attrs.get("transB") else (k, m)).astype(np.float32)
+    bias = rng.normal(scale=0.5, size=bias_shape).astype(np.float32)
+    x = rng.normal(size=(n, k)).astype(np.float32)
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], name="dense", **attrs)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", m])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    W = (w if attrs.get("transB") else w.T).astype(np.float64) * attrs.get("alpha", 1.0)
+    b = np.broadcast_to(bias.astype(np.float64) * attrs.get("beta", 1.0), (1, m)).reshape(m)
+    R = _relevance_like(W @ x.T.astype(np.float64) + b[:, None], rng)
+    got = _explain(model, x, R, rule)
+    want = _reference(rule_name, rule, W, b, x, R, np.ones_like(W))
+    assert rel_l2(got, want) < 1e-5
+
+
+def test_gemm_with_trans_a_behind_transpose(rng):
+    """Gemm(transA=1) on a transposed input is the same dense layer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, k, m = 3, 4, 2
+    w = rng.normal(size=(k, m)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+             helper.make_node("Gemm", ["xt", "w"], ["logits"], transA=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", m])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.normal(size=(n, k)).astype(np.float32)
+    R = _relevance_like(w.T.astype(np.float64) @ x.T.astype(np.float64), rng)
+    got = _explain(model, x, R, rules.Epsilon())
+    want = np.stack([rule_reference("epsilon", w.T.astype(np.float64), np.zeros(m), xi.astype(np.float64), ri)
+                     for xi, ri in zip(x, R)])
+    assert rel_l2(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize("rule_name", ["epsilon", "zplus", "gamma"])
+def test_matmul_add_is_a_dense_layer(rank, rule_name, rng):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rule = RULES[rule_name]
+    k, m = 5, 4
+    w = rng.normal(size=(k, m)).astype(np.float32)
+    bias = rng.normal(size=m).astype(np.float32)
+    shape = ["N", k] if rank == 2 else ["N", 3, k]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"]),
+             helper.make_node("Flatten", ["y"], ["logits"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.normal(size=[2] + shape[1:]).astype(np.float32)
+    rows = x.reshape(-1, k)
+    R = _relevance_like(w.T.astype(np.float64) @ rows.T.astype(np.float64) + bias[:, None], rng).reshape(2, -1)
+    got = _explain(model, x, R, rule)
+    want = np.stack([rule_reference(rule_name, w.T.astype(np.float64), bias.astype(np.float64), xi.astype(np.float64),
+                                    ri.astype(np.float64), gamma=0.25)
+                     for xi, ri in zip(rows, R.reshape(-1, m))]).reshape(x.shape)
+    assert rel_l2(got, want) < 1e-5
+
+
+def test_alpha_beta_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="alpha - beta = 1"):
+        rules.AlphaBeta(alpha=2.0, beta=2.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        rules.AlphaBeta(alpha=-1.0, beta=-2.0)
