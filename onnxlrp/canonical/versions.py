@@ -19,7 +19,6 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def normalise_versions(model: onnx.ModelProto) -> onnx.ModelProto:
-    _drop_initializer_inputs(model)
     opset = default_opset(model)
     if opset < MIN_OPSET:
         try:
@@ -30,6 +29,7 @@ def normalise_versions(model: onnx.ModelProto) -> onnx.ModelProto:
                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                 f"re-export it with opset >= {MIN_OPSET}"
             ) from None
+    _drop_initializer_inputs(model)  # after conversion: the converter expects IR-3 models as they are
     # the lowest IR version that carries these opsets is accepted by every onnxruntime that runs them
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     return model
