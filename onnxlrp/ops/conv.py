@@ -66,10 +66,7 @@ class ConvMap(LinearMap):
         return self.geometry.x_shape[1:]
 
     def forward(self, inp, weight, bias):
-        inputs = [inp, self.weight_name(weight)]
-        bias_name = self.bias_name(bias)
-        if bias_name:
-            inputs.append(bias_name)
+        inputs = self.operands(inp, weight, bias)
         return self.ctx.b.op("Conv", inputs, **self.geometry.attrs())
 
     def forward_constant(self, inp, weight, bias):
@@ -102,10 +99,7 @@ class ConvTransposeMap(LinearMap):
         return self.geometry.x_shape[1:]
 
     def forward(self, inp, weight, bias):
-        inputs = [inp, self.weight_name(weight)]
-        bias_name = self.bias_name(bias)
-        if bias_name:
-            inputs.append(bias_name)
+        inputs = self.operands(inp, weight, bias)
         return self.ctx.b.op("ConvTranspose", inputs, output_padding=self.output_padding, **self.geometry.attrs())
 
     def forward_constant(self, inp, weight, bias):

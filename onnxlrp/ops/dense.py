@@ -25,10 +25,7 @@ class DenseMap(LinearMap):
         return (self.n_in,)
 
     def forward(self, inp, weight, bias):
-        inputs = [inp, self.weight_name(weight)]
-        bias_name = self.bias_name(bias)
-        if bias_name:
-            inputs.append(bias_name)
+        inputs = self.operands(inp, weight, bias)
         return self.ctx.b.op("Gemm", inputs, transB=1)
 
     def forward_constant(self, inp, weight, bias):

@@ -36,6 +36,11 @@ class LinearMap:
             self._biases[transform] = self.ctx.b.const(transform(self.bias), hint=f"b_{transform.kind}")
         return self._biases[transform]
 
+    def operands(self, inp: str, weight: Transform, bias: Transform | None) -> list[str]:
+        """[inp, W'] or [inp, W', b']: the inputs of a forward op with transformed parameters."""
+        bias_name = self.bias_name(bias)
+        return [inp, self.weight_name(weight)] + ([bias_name] if bias_name else [])
+
     def sample_shape(self) -> tuple:
         """The explained layer input's shape without the batch axis (static)."""
         raise NotImplementedError
