@@ -186,7 +186,5 @@ def test_unfolded_batchnorm_passes(rng):
     x = rng.normal(size=(2, c, 2, 2)).astype(np.float32)
     explainer = Explainer(model, composite=composites.Uniform(rules.Epsilon(epsilon=0.0)))
     relevance = explainer.explain(x, mode="one", target=0).relevance
-    normalised = explainer.explain(x, mode="one", target=0)
     assert any(n.op_type == "BatchNormalization" for n in explainer.compiled("one").model.graph.node)
-    # Pass: the relevance at the input equals the dense layer's relevance for the normalised input
-    assert relevance.shape == x.shape and np.all(np.isfinite(normalised.relevance))
+    assert relevance.shape == x.shape and np.all(np.isfinite(relevance))
