@@ -81,11 +81,25 @@ def _name_nodes(model: onnx.ModelProto) -> None:
         seen.add(name)
 
 
+def relevance_inputs(fwd: ForwardGraph, node: onnx.NodeProto, live: set[str]) -> list[str]:
+    """The inputs of `node` that relevance flows back into: computed float tensors, except a gate."""
+    gate = fwd.gate_operand(node, live)
+    return [name for i, name in enumerate(node.input)
+            if name in live and i != gate and fwd.elem_type(name) in (TensorProto.FLOAT, None)]
+
+
 def path_nodes_of(fwd: ForwardGraph, sources: list[str], logits: str) -> list[onnx.NodeProto]:
+    """Nodes that relevance passes through on its way from the logits to the explained inputs, in
+    execution order. Shape computations and the gate branches of gated products are not on it."""
     live = fwd.descendants(sources)
-    needed = fwd.ancestors(logits)
-    return [n for n in fwd.nodes
-            if any(i in live for i in n.input if i) and any(o in needed for o in n.output if o)]
+    carries = {logits}
+    path = []
+    for node in reversed(fwd.nodes):
+        if any(o in carries for o in node.output if o) and any(i in live for i in node.input if i):
+            path.append(node)
+            carries.update(relevance_inputs(fwd, node, live))
+    path.reverse()
+    return path
 
 
 def compile_explainer(model, composite: Composite | str | None = None, mode: str = "logit",

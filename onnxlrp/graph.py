@@ -36,6 +36,7 @@ class ForwardGraph:
         self.input_names = [v.name for v in graph.input if v.name not in self.constants]
         self.output_names = [v.name for v in graph.output]
         self._nonneg: dict[str, bool] = {}
+        self._ancestors: dict[str, set[str]] = {}
 
     def const(self, name: str) -> np.ndarray | None:
         return self.constants.get(name)
@@ -70,11 +71,29 @@ class ForwardGraph:
 
     def ancestors(self, target: str) -> set[str]:
         """Tensor names `target` depends on (itself included)."""
+        if target in self._ancestors:
+            return self._ancestors[target]
         needed = {target}
         for node in reversed(self.nodes):
             if any(o in needed for o in node.output):
                 needed.update(i for i in node.input if i)
+        self._ancestors[target] = needed
         return needed
+
+    def gate_operand(self, node: onnx.NodeProto, live: set[str]) -> int | None:
+        """For a Mul/Div of two computed tensors: the index of the gate, the operand computed from the
+        other one (squeeze-excitation, Swish x * sigmoid(x), GELU, Mish, a normalising divisor).
+        RULES.md holds the gate constant, so it receives no relevance. None if neither is a gate."""
+        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+            return None
+        a, b = node.input
+        if a not in live or b not in live:
+            return None
+        if a in self.ancestors(b):
+            return 1
+        if node.op_type == "Mul" and b in self.ancestors(a):
+            return 0
+        return None
 
     def is_nonnegative(self, name: str) -> bool:
         if name in self._nonneg:

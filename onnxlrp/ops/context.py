@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import UnsupportedOpError
 from ..graph import ForwardGraph
 from ..rules import Rule
 
@@ -89,6 +90,10 @@ class Builder:
             return terms[0]
         return self.op("Sum", terms)
 
+    def zeros_like(self, like: str) -> str:
+        zero = helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [0.0])
+        return self.op("ConstantOfShape", [self.op("Shape", [like])], value=zero)
+
     def reshape_like(self, tensor: str, like: str) -> str:
         return self.op("Reshape", [tensor, self.op("Shape", [like])])
 
@@ -142,6 +147,14 @@ class NodeContext:
 
     def shape(self, name: str) -> tuple | None:
         return self.graph.shape(name)
+
+    def static_shape(self, name: str) -> tuple:
+        """The shape of `name`, which must be static apart from the batch (else a clear error)."""
+        shape = self.graph.shape(name)
+        if shape is None or any(d is None for d in shape[1:]):
+            raise UnsupportedOpError(self.node.op_type, self.name, f"the shape {shape} of '{name}' is not static apart "
+                                     "from the batch; give the model a fixed input size")
+        return tuple(shape)
 
     def attr(self, key: str, default=None):
         for attribute in self.node.attribute:

@@ -1,7 +1,9 @@
-"""Joins: Add / Sum / Sub of computed tensors (Norm), Concat (exact routing).
+"""Joins: Add / Sum / Sub of computed tensors (Norm), Concat (exact routing), gated products.
 
 An Add, Sub, Mul or Div with a constant operand (a bias or a normalisation step that could not be
-folded into a layer) passes relevance to its computed operand, as RULES.md prescribes.
+folded into a layer) passes relevance to its computed operand, as RULES.md prescribes. A Mul of a
+signal by a gate computed from it (squeeze-excitation, Swish, GELU, Mish) holds the gate constant:
+all relevance goes to the signal.
 """
 from __future__ import annotations
 
@@ -73,10 +75,17 @@ def sub(ctx: NodeContext):
 
 @register("Mul", "Div")
 def scale(ctx: NodeContext):
-    """Pass (scaling by a constant)"""
+    """Pass (scaling by a constant, or by a gate computed from the signal: the gate is held constant)"""
     if sum(ctx.live) < 2:
         return _pass_to_live(ctx)
-    raise UnsupportedOpError(ctx.node.op_type, ctx.name, "a product of two computed tensors is not supported yet")
+    live = {name for name, is_live in zip(ctx.node.input, ctx.live) if is_live}
+    gate = ctx.graph.gate_operand(ctx.node, live)
+    if gate is None:
+        raise UnsupportedOpError(ctx.node.op_type, ctx.name, "a product of two computed tensors where neither is a "
+                                 "gate computed from the other (as in squeeze-excitation or x * sigmoid(x)) has no "
+                                 "relevance rule")
+    signal_only = [is_live and i != gate for i, is_live in enumerate(ctx.live)]
+    return _pass_to_live(NodeContext(ctx.node, ctx.graph, ctx.b, ctx.rule, ctx.relevance_out, signal_only))
 
 
 @register("Concat")
