@@ -10,13 +10,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
+from .affine import fold_affine
 from .batch import make_batch_dynamic
 from .batchnorm import fold_batchnorm
 from .dense import normalise_dense
 from .fold_constants import fold_constants
 from .identity import remove_identities
 from .logits import find_logits
-from .pads import explicit_pads
+from .pads import explicit_pads, fold_pad_into_conv
 from .versions import normalise_versions
 
 
@@ -36,8 +37,11 @@ def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> Can
     fold_constants(graph)
     remove_identities(graph)
     explicit_pads(graph)
+    fold_pad_into_conv(graph)
     normalise_dense(graph)
-    fold_batchnorm(graph)
+    fold_affine(graph)
+    if fold_batchnorm(graph):
+        fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     ir_version = model.ir_version
     model = gs.export_onnx(graph, do_type_check=False)

@@ -11,27 +11,26 @@ import onnx_graphsurgeon as gs
 from .names import unique_name
 
 
-def fold_batchnorm(graph: gs.Graph) -> gs.Graph:
-    for node in list(graph.nodes):
-        if node.op == "BatchNormalization":
-            _fold_into_producer(graph, node)
+def fold_batchnorm(graph: gs.Graph) -> bool:
+    """True if any BatchNormalization was folded."""
+    folded = [_fold_into_producer(graph, node) for node in list(graph.nodes) if node.op == "BatchNormalization"]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return graph
+    return any(folded)
 
 
-def _fold_into_producer(graph: gs.Graph, bn: gs.Node) -> None:
+def _fold_into_producer(graph: gs.Graph, bn: gs.Node) -> bool:
     x = bn.inputs[0]
     if not x.inputs or len(x.outputs) != 1 or x in graph.outputs:
-        return
+        return False
     layer = x.inputs[0]
     if layer.op not in ("Conv", "Gemm") or not all(isinstance(t, gs.Constant) for t in bn.inputs[1:5]):
-        return
+        return False
     if not isinstance(layer.inputs[1], gs.Constant):
-        return
+        return False
     if layer.op == "Gemm" and int(layer.attrs.get("transB", 0)) != 1:
-        return  # dense layers are normalised to transB=1 before this pass
+        return False  # dense layers are normalised to transB=1 before this pass
     if len(bn.outputs) > 1 and any(t.outputs for t in bn.outputs[1:]):
-        return  # training-mode statistics are used
+        return False  # training-mode statistics are used
     gamma, beta, mean, var = (t.values.astype(np.float64) for t in bn.inputs[1:5])
     eps = float(bn.attrs.get("epsilon", 1e-5))
     scale = gamma / np.sqrt(var + eps)
@@ -49,3 +48,4 @@ def _fold_into_producer(graph: gs.Graph, bn: gs.Node) -> None:
     layer.inputs = inputs
     layer.outputs = [bn.outputs[0]]
     bn.outputs.clear()
+    return True

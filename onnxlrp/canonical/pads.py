@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
@@ -48,4 +50,35 @@ def explicit_pads(graph: gs.Graph) -> gs.Graph:
                 ends.append(small)
         node.attrs["pads"] = begins + ends
         node.attrs.pop("auto_pad", None)
+    return graph
+
+
+def fold_pad_into_conv(graph: gs.Graph) -> gs.Graph:
+    """A zero Pad on the spatial axes whose only reader is a Conv becomes the Conv's own pads."""
+    for pad in list(graph.nodes):
+        if pad.op != "Pad" or len(pad.outputs[0].outputs) != 1 or pad.outputs[0] in graph.outputs:
+            continue
+        conv = pad.outputs[0].outputs[0]
+        if conv.op != "Conv" or conv.inputs[0] is not pad.outputs[0]:
+            continue
+        mode = pad.attrs.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = pad.inputs[1] if len(pad.inputs) > 1 else None
+        value = pad.inputs[2] if len(pad.inputs) > 2 and pad.inputs[2].name else None
+        if mode != "constant" or not isinstance(pads, gs.Constant) or len(pad.inputs) > 3:
+            continue
+        if value is not None and (not isinstance(value, gs.Constant) or np.any(value.values != 0)):
+            continue
+        pads = [int(p) for p in pads.values]
+        rank = len(pads) // 2
+        begins, ends = pads[:rank], pads[rank:]
+        if any(p < 0 for p in pads) or begins[:2] != [0, 0] or ends[:2] != [0, 0]:
+            continue
+        nd = rank - 2
+        current = list(conv.attrs.get("pads", [0] * (2 * nd)))
+        conv.attrs["pads"] = [current[i] + begins[2 + i] for i in range(nd)] + [
+            current[nd + i] + ends[2 + i] for i in range(nd)]
+        conv.inputs[0] = pad.inputs[0]
+        pad.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False)
     return graph

@@ -72,3 +72,72 @@ def test_auto_pad_becomes_explicit(rng):
     conv = canonical.model.graph.node[0]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
     assert "auto_pad" not in attrs and list(attrs["pads"]) == [1, 1, 1, 1]
+
+
+def _ops_and_outputs_match(model, x_shape, rng):
+    canonical = canonicalize(model)
+    x = rng.normal(size=x_shape).astype(np.float32)
+    np.testing.assert_allclose(_run(canonical.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
+    return [n.op_type for n in canonical.model.graph.node]
+
+
+def test_bias_add_and_decomposed_batchnorm_fold_into_the_conv(rng):
+    """paddle2onnx's Conv + Add(bias), then a BatchNorm split into Sub/Mul/Add/Div by constants."""
+    model = _with_inits("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 2, 5, 5] x) => (float[N, 3, 5, 5] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w)
+            cb = Add (c, bias)
+            s = Sub (cb, mean)
+            d = Div (s, std)
+            m = Mul (d, gamma)
+            y = Add (beta, m)
+        }""", w=rng.normal(size=(3, 2, 3, 3)), bias=rng.normal(size=(1, 3, 1, 1)), mean=rng.normal(size=(3, 1, 1)),
+        std=rng.uniform(0.5, 2, (3, 1, 1)), gamma=rng.normal(size=(3, 1, 1)), beta=rng.normal(size=(3, 1, 1)))
+    assert _ops_and_outputs_match(model, (2, 2, 5, 5), rng) == ["Conv"]
+
+
+def test_input_normalisation_folds_into_an_unpadded_first_conv(rng):
+    model = _with_inits("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 2, 5, 5] x) => (float[N, 4, 3, 3] y) {
+            s = Sub (x, mean)
+            n = Div (s, std)
+            y = Conv <group = 2> (n, w, b)
+        }""", mean=rng.normal(size=(1, 2, 1, 1)), std=rng.uniform(0.5, 2, (2, 1, 1)),
+        w=rng.normal(size=(4, 1, 3, 3)), b=rng.normal(size=4))
+    assert _ops_and_outputs_match(model, (2, 2, 5, 5), rng) == ["Conv"]
+
+
+def test_shift_before_a_padded_conv_stays_but_scaling_folds(rng):
+    """Padded zeros would mean x = mean after folding a shift: not exact, so the Sub stays (Pass)."""
+    model = _with_inits("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 2, 5, 5] x) => (float[N, 3, 5, 5] y) {
+            s = Sub (x, mean)
+            n = Mul (s, scale)
+            y = Conv <pads = [1, 1, 1, 1]> (n, w, b)
+        }""", mean=rng.normal(size=(2, 1, 1)), scale=rng.uniform(0.5, 2, (2, 1, 1)),
+        w=rng.normal(size=(3, 2, 3, 3)), b=rng.normal(size=3))
+    assert _ops_and_outputs_match(model, (2, 2, 5, 5), rng) == ["Sub", "Conv"]
+
+
+def test_a_spatially_varying_constant_is_not_folded(rng):
+    model = _with_inits("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 2, 5, 5] x) => (float[N, 3, 5, 5] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+            y = Add (c, field)
+        }""", w=rng.normal(size=(3, 2, 3, 3)), b=rng.normal(size=3), field=rng.normal(size=(1, 5, 5)))
+    assert _ops_and_outputs_match(model, (2, 2, 5, 5), rng) == ["Conv", "Add"]
+
+
+def test_zero_pad_folds_into_the_next_conv(rng):
+    model = _with_inits("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 2, 5, 5] x) => (float[N, 3, 6, 4] y) {
+            p = Pad (x, pads)
+            y = Conv <pads = [0, 1, 0, 0]> (p, w, b)
+        }""", w=rng.normal(size=(3, 2, 3, 3)), b=rng.normal(size=3))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 2, 0, 0, 0, 1, 0], np.int64), "pads"))
+    assert _ops_and_outputs_match(model, (2, 2, 5, 5), rng) == ["Conv"]
