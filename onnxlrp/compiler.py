@@ -108,11 +108,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     """Build the explainer model in memory. `model`: a path or an onnx.ModelProto."""
     composite = composites_module.get(composite)
     proto = load_model(model)
-    if proto.graph.node and any(n.op_type in ("If", "Loop", "Scan") for n in proto.graph.node):
-        node = next(n for n in proto.graph.node if n.op_type in ("If", "Loop", "Scan"))
-        raise UnsupportedOpError(node.op_type, node.name or "?", "control flow cannot be explained; export the model "
-                                 "with the branch or loop unrolled for a fixed input")
     canonical: CanonicalModel = canonicalize(proto, output)
+    _refuse_control_flow(canonical.model)
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)
 
@@ -206,6 +203,14 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         layer_rules=layer_rules, layer_sum_outputs=sum_outputs if layer_sums else [])
     _write_metadata(compiled, composite, mode)
     return compiled
+
+
+def _refuse_control_flow(model: onnx.ModelProto) -> None:
+    """An If whose condition folds to a constant has been inlined by now; what is left depends on the input."""
+    for node in model.graph.node:
+        if node.op_type in ("If", "Loop", "Scan"):
+            raise UnsupportedOpError(node.op_type, node.name or "?", "control flow that depends on the input cannot "
+                                     "be explained; export the model with the branch or loop unrolled for a fixed input")
 
 
 def _declared_pass(ctx: NodeContext):

@@ -32,9 +32,8 @@ def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> Can
     output_names = [o.name for o in model.graph.output]
     model = normalise_versions(model)
     model = make_batch_dynamic(model)
-    model = infer_shapes(model)
+    model = fold_until_stable(model)
     graph = gs.import_onnx(model)
-    fold_constants(graph)
     remove_identities(graph)
     explicit_pads(graph)
     fold_pad_into_conv(graph)
@@ -49,6 +48,24 @@ def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> Can
     del model.graph.value_info[:]
     model = infer_shapes(model)
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names)
+
+
+def fold_until_stable(model: onnx.ModelProto, rounds: int = 4) -> onnx.ModelProto:
+    """Constant folding and shape inference feed each other: a folded shape computation gives a static
+    shape, which lets the next round fold more (torch's computed reshapes, an If on a tensor's rank)."""
+    for _ in range(rounds):
+        model = infer_shapes(model)
+        graph = gs.import_onnx(model)
+        fold_constants(graph)
+        ir_version = model.ir_version
+        folded = gs.export_onnx(graph, do_type_check=False)
+        folded.ir_version = ir_version
+        del folded.graph.value_info[:]
+        unchanged = len(folded.graph.node) == len(model.graph.node)
+        model = folded
+        if unchanged:
+            break
+    return infer_shapes(model)
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

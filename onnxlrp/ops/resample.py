@@ -38,20 +38,21 @@ def _axis_matrix(ctx: NodeContext, axis: int, rank: int, n_in: int, n_out: int, 
     return out.T
 
 
-def _scales_or_sizes(ctx: NodeContext, rank: int):
-    """Per axis: the scale the node uses, or None where it is given output sizes instead."""
+def _scales(ctx: NodeContext, rank: int) -> list[float] | None:
+    """The per-axis scales the node uses, or None where it is given output sizes (then the statically
+    inferred output shape says what they are)."""
     if str(ctx.attr("keep_aspect_ratio_policy", "stretch")) != "stretch":
         raise UnsupportedOpError("Resize", ctx.name, "keep_aspect_ratio_policy other than 'stretch' is not supported")
     axes = ctx.attr("axes")
-    scales = ctx.const(2) if len(ctx.node.input) > 2 and ctx.node.input[2] else None
-    sizes = ctx.const(3) if len(ctx.node.input) > 3 and ctx.node.input[3] else None
+    has_scales = len(ctx.node.input) > 2 and ctx.node.input[2]
+    scales = ctx.const(2) if has_scales else None
     if scales is not None and scales.size:
         full = np.ones(rank, np.float32)
         full[list(axes) if axes else slice(None)] = scales
-        return [float(v) for v in full], None
-    if sizes is not None:
-        return None, sizes
-    raise UnsupportedOpError("Resize", ctx.name, "its scales or sizes are computed at run time")
+        return [float(v) for v in full]
+    if has_scales and scales is None:
+        raise UnsupportedOpError("Resize", ctx.name, "its scales are computed at run time")
+    return None
 
 
 @register("Resize")
@@ -65,7 +66,7 @@ def resize(ctx: NodeContext):
     eps = ctx.rule.stabilizer if isinstance(ctx.rule, Norm) else DEFAULT_STABILIZER
     x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
     rank = len(x_shape)
-    scales, _ = _scales_or_sizes(ctx, rank)
+    scales = _scales(ctx, rank)
     b = ctx.b
     if scales is not None and scales[0] != 1.0:
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "it resizes the batch axis")

@@ -1,4 +1,4 @@
-"""Ops that select or pad elements: Pad, Slice, Split, Gather (constant indices).
+"""Ops that select, copy or pad elements: Pad, Slice, Split, Gather (constant indices), Tile, Expand.
 
 Each output element is a copy of one input element (or padding), so relevance goes back exactly to
 where it came from; relevance on padded elements is dropped (RULES.md). Geometry (pads, starts,
@@ -150,3 +150,32 @@ def gather(ctx: NodeContext):
     flat_shape[0] = 0  # keep the batch
     relevance = b.op("Reshape", [ctx.R(), b.ints(flat_shape)])
     return [_scatter_along(ctx, relevance, axis, indices, x_shape, reduce=True), None]
+
+
+@register("Tile")
+def tile(ctx: NodeContext):
+    """routing (each copy's relevance summed back)"""
+    x_shape = ctx.static_shape(ctx.x())
+    repeats = [int(r) for r in _required_const(ctx, 1, "repeats")]
+    if repeats[0] != 1:
+        _axes(ctx, [0], len(x_shape), "it tiles")
+    b = ctx.b
+    split_shape, summed = [0], []
+    for axis in range(1, len(x_shape)):
+        if repeats[axis] != 1:
+            summed.append(len(split_shape))
+            split_shape.append(repeats[axis])
+        split_shape.append(x_shape[axis])
+    if not summed:
+        return [ctx.R(), None]
+    tiles = b.op("Reshape", [ctx.R(), b.ints(split_shape)])
+    return [b.op("ReduceSum", [tiles, b.ints(summed)], keepdims=0), None]
+
+
+@register("Expand")
+def expand(ctx: NodeContext):
+    """routing (each copy's relevance summed back)"""
+    x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
+    if len(x_shape) == len(y_shape) and x_shape[0] is not None and x_shape[0] != y_shape[0]:
+        _axes(ctx, [0], len(x_shape), "it expands")
+    return [ctx.b.unbroadcast(ctx.R(), y_shape, x_shape), None]

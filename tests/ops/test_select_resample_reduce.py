@@ -60,6 +60,8 @@ ROUTING = {
                                             ("st", i64(2, -2))], {}),
     "gather_channels": ("Gather", (2, 4, 3), [("i", i64(3, 0, 0, -1))], dict(axis=1)),
     "gather_scalar": ("Gather", (2, 4, 3), [("i", np.array(1, np.int64))], dict(axis=2)),
+    "tile": ("Tile", (2, 2, 3), [("r", i64(1, 3, 2))], {}),
+    "expand": ("Expand", (2, 2, 1), [("s", i64(1, 2, 4))], {}),
 }
 
 

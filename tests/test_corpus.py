@@ -1,0 +1,156 @@
+"""The model corpus (models/corpus, made by tools/corpus/*): exporters, opsets and ops as users
+bring them. For every model: the explainer reproduces the model's outputs, relevance is finite and
+input-shaped with the default composite and with uniform LRP-0, and RULES.md's identity holds:
+LRP-0 == gradient x input on pure-ReLU models, conservation (bias-free LRP-0) on the others.
+
+Gradients come from central finite differences in float64 (onnx's reference evaluator), never from
+onnxlrp."""
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from reference import to_float64
+
+from onnxlrp import Explainer, composites, rules
+from onnxlrp.canonical import canonicalize
+
+CORPUS = os.path.join(os.path.dirname(__file__), "..", "models", "corpus")
+MANIFEST = json.load(open(os.path.join(CORPUS, "manifest.json")))
+NAMES = sorted(MANIFEST)
+
+
+def _inputs(name, seed=0):
+    """Inputs with |x| in [0.5, 1.5] (so that R / x is well defined), one dict entry per model input."""
+    entry = MANIFEST[name]
+    rng = np.random.default_rng(seed)
+    shapes = entry.get("inputs") or {None: entry["input_shape"]}
+    feeds = {}
+    for input_name, shape in shapes.items():
+        shape = [2] + list(shape[1:])
+        feeds[input_name] = (rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.5, 1.5, size=shape)).astype(np.float32)
+    return feeds
+
+
+def _feeds(session, inputs):
+    if None in inputs:
+        return {session.get_inputs()[0].name: inputs[None]}
+    return dict(inputs)
+
+
+def _x(explainer, inputs):
+    return inputs[None] if None in inputs else dict(inputs)
+
+
+def _model_path(name):
+    return os.path.join(CORPUS, name)
+
+
+def test_corpus_is_varied():
+    exporters = {e["exporter"].split(" (")[0] for e in MANIFEST.values()}
+    opsets = {e["opset"] for e in MANIFEST.values()}
+    assert len(MANIFEST) >= 20 and len(exporters) >= 4 and min(opsets) <= 9
+    ops = set().union(*(e["ops"] for e in MANIFEST.values()))
+    for op in ("Pad", "Slice", "Split", "Gather", "Resize", "ConvTranspose", "LRN", "Clip", "LeakyRelu", "PRelu",
+               "Sigmoid", "HardSigmoid", "HardSwish", "Erf", "ReduceMean", "Sum", "Upsample", "Softplus", "Tanh"):
+        assert op in ops, op
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_reproduced_and_relevance_finite(name):
+    entry = MANIFEST[name]
+    inputs = _inputs(name)
+    session = ort.InferenceSession(_model_path(name), providers=["CPUExecutionProvider"])
+    expected = session.run(None, _feeds(session, inputs))
+    for composite in (None, composites.Uniform(rules.Epsilon(epsilon=0.0))):
+        explainer = Explainer(_model_path(name), composite=composite, output=entry.get("output"))
+        result = explainer.explain(_x(explainer, inputs))
+        for got, want in zip(result.outputs, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        for input_name, relevance in result.relevances.items():
+            x = inputs[None] if None in inputs else inputs[input_name]
+            assert relevance.shape == x.shape and np.all(np.isfinite(relevance))
+        assert np.abs(result.relevance).sum() > 0
+
+
+def _logit_fn(name, output):
+    """Float64 forward of the canonical (dynamic-batch) model, returning the logits."""
+    canonical = canonicalize(onnx.load(_model_path(name)), output)
+    model = to_float64(canonical.model)
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(canonical.logits, onnx.TensorProto.DOUBLE, None))
+    from onnx.reference import ReferenceEvaluator
+    evaluator = ReferenceEvaluator(model)
+    input_name = model.graph.input[0].name
+    return lambda x: evaluator.run(None, {input_name: x})[0]
+
+
+NORM_OPS = ("Add", "Sum", "Sub", "AveragePool", "GlobalAveragePool", "Resize", "ReduceMean", "ReduceSum")
+RELU_ONLY = [n for n in NAMES if MANIFEST[n]["relu_only"]]
+OTHERS = [n for n in NAMES if not MANIFEST[n]["relu_only"]]
+
+
+@pytest.mark.parametrize("name", RELU_ONLY)
+def test_lrp0_equals_gradient_times_input(name):
+    inputs = _inputs(name, seed=1)
+    x = inputs[None][:1]
+    explainer = Explainer(_model_path(name), composite=composites.Uniform(rules.Epsilon(epsilon=0.0)))
+    result = explainer.explain(x)
+    target = int(result.target[0])
+    relevance = result.relevance[0].astype(np.float64).ravel()
+    forward = _logit_fn(name, MANIFEST[name].get("output"))
+    rng = np.random.default_rng(2)
+    coords = rng.choice(x.size, size=min(48, x.size), replace=False)
+    directions = np.zeros((len(coords) + 4, x.size))
+    directions[np.arange(len(coords)), coords] = 1.0
+    directions[len(coords):] = rng.normal(size=(4, x.size))
+    h = 1e-5
+    points = x.astype(np.float64).ravel()[None] + h * np.concatenate([directions, -directions])
+    values = forward(points.reshape((-1,) + x.shape[1:]))[:, target]
+    derivative = (values[:len(directions)] - values[len(directions):]) / (2 * h)
+    gradient = relevance / x.astype(np.float64).ravel()      # LRP-0 claims R = x * grad
+    predicted = directions @ gradient
+    # float32 relevance: allow 1e-4 of the Cauchy-Schwarz scale of each directional derivative
+    scale = np.linalg.norm(directions, axis=1) * np.linalg.norm(gradient)
+    assert np.all(np.abs(predicted - derivative) <= 1e-3 * np.abs(derivative) + 1e-4 * scale), \
+        np.abs(predicted - derivative) / scale
+
+
+def _bias_free(path):
+    """The model with every bias set to zero: layer biases, BatchNorm shifts, constants added or
+    subtracted. RULES.md: bias-free LRP-0 must conserve relevance exactly."""
+    model = onnx.load(path)
+    inits = {t.name: t for t in model.graph.initializer}
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    shifts = set()
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2:
+            shifts.add(node.input[2])
+        elif node.op_type == "BatchNormalization":
+            shifts.update(node.input[2:4])
+        elif node.op_type in ("Add", "Sub"):
+            shifts.update(node.input)
+    for name in shifts:
+        if name in inits and inits[name].data_type == onnx.TensorProto.FLOAT:
+            zero = np.zeros_like(onnx.numpy_helper.to_array(inits[name]))
+            inits[name].CopyFrom(onnx.numpy_helper.from_array(zero, name))
+        elif name in constants:
+            attribute = constants[name].attribute[0]
+            if attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT:
+                zero = np.zeros_like(onnx.numpy_helper.to_array(attribute.t))
+                attribute.t.CopyFrom(onnx.numpy_helper.from_array(zero))
+    return model
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_bias_free_lrp0_conserves(name):
+    inputs = _inputs(name, seed=1)
+    x = inputs[None] if None in inputs else dict(inputs)
+    tiny = rules.Norm(stabilizer=1e-12)  # so that the stabilisers absorb next to nothing
+    composite = composites.LayerMap([(op, tiny) for op in NORM_OPS], base=composites.Uniform(rules.Epsilon(1e-9)))
+    explainer = Explainer(_bias_free(_model_path(name)), composite=composite, output=MANIFEST[name].get("output"))
+    result = explainer.explain(x, mode="one")
+    total = sum(r.reshape(len(r), -1).sum(axis=1) for r in result.relevances.values())
+    np.testing.assert_allclose(total, 1.0, rtol=1e-3)
