@@ -45,8 +45,15 @@ class CompiledExplainer:
     layer_sum_outputs: list[str] = field(default_factory=list)
 
 
-def layers_on_path(fwd: ForwardGraph, path_nodes: list[onnx.NodeProto]) -> list[Layer]:
+def layers_on_path(fwd: ForwardGraph, path_nodes: list[onnx.NodeProto], primary: str | None = None) -> list[Layer]:
+    """Weighted layers in execution order, except that the first layer fed by the primary input comes
+    first: it is the "first layer" of the Flat and Box composites."""
     weighted = [n for n in path_nodes if n.op_type in WEIGHTED]
+    if primary is not None:
+        reached = fwd.descendants([primary])
+        first = next((n for n in weighted if any(i in reached for i in n.input)), None)
+        if first is not None:
+            weighted = [first] + [n for n in weighted if n is not first]
     conv_count = 0
     layers = []
     for index, node in enumerate(weighted):
@@ -57,8 +64,9 @@ def layers_on_path(fwd: ForwardGraph, path_nodes: list[onnx.NodeProto]) -> list[
     return layers
 
 
-def _assign_rules(composite: Composite, fwd: ForwardGraph, path_nodes) -> tuple[dict[str, Rule], list[Layer]]:
-    layers = layers_on_path(fwd, path_nodes)
+def _assign_rules(composite: Composite, fwd: ForwardGraph, path_nodes,
+                  primary: str | None = None) -> tuple[dict[str, Rule], list[Layer]]:
+    layers = layers_on_path(fwd, path_nodes, primary)
     if hasattr(composite, "prepare"):
         composite.prepare(layers)
     rules = {layer.name: composite.rule_for(layer) for layer in layers}
@@ -102,6 +110,14 @@ def path_nodes_of(fwd: ForwardGraph, sources: list[str], logits: str) -> list[on
     return path
 
 
+def explained_inputs(fwd: ForwardGraph, inputs: list[str] | None = None) -> list[str]:
+    """Every float input gets relevance; the first named (else the first float input) is the primary one."""
+    float_inputs = [name for name in fwd.input_names if fwd.elem_type(name) == TensorProto.FLOAT]
+    if not inputs:
+        return float_inputs
+    return list(inputs) + [name for name in float_inputs if name not in inputs]
+
+
 def compile_explainer(model, composite: Composite | str | None = None, mode: str = "logit",
                       output: int | str | None = None, inputs: list[str] | None = None,
                       layer_sums: bool = False) -> CompiledExplainer:
@@ -113,7 +129,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)
 
-    explained = inputs or [name for name in fwd.input_names if fwd.elem_type(name) == TensorProto.FLOAT][:1]
+    explained = explained_inputs(fwd, inputs)
     if not explained:
         raise UnsupportedModelError("the model has no float32 input to explain")
     for name in explained:
@@ -130,8 +146,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     if logits not in live:
         raise UnsupportedModelError(f"the logits '{logits}' do not depend on the input(s) {explained}")
 
+    explained = [name for name in explained if name in live and logits in fwd.descendants([name])] or explained
     path = path_nodes_of(fwd, explained, logits)
-    rules, layers = _assign_rules(composite, fwd, path)
+    rules, layers = _assign_rules(composite, fwd, path, explained[0])
 
     b = Builder()
     taken = {v.name for v in list(canonical.model.graph.input) + list(canonical.model.graph.output)}

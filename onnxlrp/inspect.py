@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from . import composites as composites_module
 from .canonical import canonicalize
-from .compiler import _assign_rules, _name_nodes, compile_explainer, path_nodes_of
+from .compiler import _assign_rules, _name_nodes, compile_explainer, explained_inputs, path_nodes_of
 from .errors import OnnxLrpError, UnsupportedOpError
 from .graph import ForwardGraph
 from .model import load_model
@@ -29,15 +29,15 @@ class Report:
     problems: list[str]
 
 
-def inspect_model(model, composite=None, output=None) -> Report:
+def inspect_model(model, composite=None, output=None, inputs=None) -> Report:
     composite = composites_module.get(composite)
     proto = load_model(model)
     canonical = canonicalize(proto, output)
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)
-    explained = fwd.input_names[:1]
+    explained = explained_inputs(fwd, inputs) or fwd.input_names[:1]
     path = path_nodes_of(fwd, explained, canonical.logits)
-    rules, _ = _assign_rules(composite, fwd, path)
+    rules, _ = _assign_rules(composite, fwd, path, explained[0])
     rows, problems = [], []
     for node in path:
         handler = handler_for(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -54,7 +54,7 @@ def inspect_model(model, composite=None, output=None) -> Report:
             problems.append(str(UnsupportedOpError(node.op_type, node.name, "no relevance handler")))
     if not problems:
         try:
-            compile_explainer(proto, composite=composite, output=output)
+            compile_explainer(proto, composite=composite, output=output, inputs=inputs)
         except OnnxLrpError as exc:
             problems.append(str(exc))
     return Report(rows=rows, logits=canonical.logits, problems=problems)

@@ -45,6 +45,8 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
             value.type.tensor_type.elem_type = TensorProto.DOUBLE
     for node in m.graph.node:
         for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.DOUBLE
             if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
                 attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float64)))
     return m

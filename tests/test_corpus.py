@@ -63,7 +63,8 @@ def test_outputs_reproduced_and_relevance_finite(name):
     entry = MANIFEST[name]
     inputs = _inputs(name)
     session = ort.InferenceSession(_model_path(name), providers=["CPUExecutionProvider"])
-    expected = session.run(None, _feeds(session, inputs))
+    per_sample = [session.run(None, _feeds(session, {k: v[i:i + 1] for k, v in inputs.items()})) for i in range(2)]
+    expected = [np.concatenate(parts) for parts in zip(*per_sample)]  # some models have batch 1 baked in
     for composite in (None, composites.Uniform(rules.Epsilon(epsilon=0.0))):
         explainer = Explainer(_model_path(name), composite=composite, output=entry.get("output"))
         result = explainer.explain(_x(explainer, inputs))
@@ -76,15 +77,23 @@ def test_outputs_reproduced_and_relevance_finite(name):
 
 
 def _logit_fn(name, output):
-    """Float64 forward of the canonical (dynamic-batch) model, returning the logits."""
+    """Float64 forward of the canonical (dynamic-batch) model: flat input vectors in, logits out."""
     canonical = canonicalize(onnx.load(_model_path(name)), output)
     model = to_float64(canonical.model)
     del model.graph.output[:]
     model.graph.output.append(onnx.helper.make_tensor_value_info(canonical.logits, onnx.TensorProto.DOUBLE, None))
     from onnx.reference import ReferenceEvaluator
     evaluator = ReferenceEvaluator(model)
-    input_name = model.graph.input[0].name
-    return lambda x: evaluator.run(None, {input_name: x})[0]
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim][1:] for v in model.graph.input}
+
+    def forward(flat):
+        feeds, start = {}, 0
+        for input_name, shape in shapes.items():
+            size = int(np.prod(shape))
+            feeds[input_name] = flat[:, start:start + size].reshape([len(flat)] + shape)
+            start += size
+        return evaluator.run(None, feeds)[0]
+    return forward, list(shapes)
 
 
 NORM_OPS = ("Add", "Sum", "Sub", "AveragePool", "GlobalAveragePool", "Resize", "ReduceMean", "ReduceSum")
@@ -94,23 +103,25 @@ OTHERS = [n for n in NAMES if not MANIFEST[n]["relu_only"]]
 
 @pytest.mark.parametrize("name", RELU_ONLY)
 def test_lrp0_equals_gradient_times_input(name):
-    inputs = _inputs(name, seed=1)
-    x = inputs[None][:1]
-    explainer = Explainer(_model_path(name), composite=composites.Uniform(rules.Epsilon(epsilon=0.0)))
-    result = explainer.explain(x)
+    inputs = {k: v[:1] for k, v in _inputs(name, seed=1).items()}
+    explainer = Explainer(_model_path(name), composite=composites.Uniform(rules.Epsilon(epsilon=0.0)),
+                          output=MANIFEST[name].get("output"))
+    result = explainer.explain(_x(explainer, inputs))
     target = int(result.target[0])
-    relevance = result.relevance[0].astype(np.float64).ravel()
-    forward = _logit_fn(name, MANIFEST[name].get("output"))
+    forward, order = _logit_fn(name, MANIFEST[name].get("output"))
+    if None in inputs:
+        inputs = {order[0]: inputs[None]}
+    x = np.concatenate([inputs[k].astype(np.float64).ravel() for k in order])
+    relevance = np.concatenate([result.relevances[k].astype(np.float64).ravel() for k in order])
     rng = np.random.default_rng(2)
     coords = rng.choice(x.size, size=min(48, x.size), replace=False)
     directions = np.zeros((len(coords) + 4, x.size))
     directions[np.arange(len(coords)), coords] = 1.0
     directions[len(coords):] = rng.normal(size=(4, x.size))
     h = 1e-5
-    points = x.astype(np.float64).ravel()[None] + h * np.concatenate([directions, -directions])
-    values = forward(points.reshape((-1,) + x.shape[1:]))[:, target]
+    values = forward(x[None] + h * np.concatenate([directions, -directions]))[:, target]
     derivative = (values[:len(directions)] - values[len(directions):]) / (2 * h)
-    gradient = relevance / x.astype(np.float64).ravel()      # LRP-0 claims R = x * grad
+    gradient = relevance / x      # LRP-0 claims R = x * grad
     predicted = directions @ gradient
     # float32 relevance: allow 1e-4 of the Cauchy-Schwarz scale of each directional derivative
     scale = np.linalg.norm(directions, axis=1) * np.linalg.norm(gradient)

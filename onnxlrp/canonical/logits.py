@@ -15,8 +15,9 @@ LOOK_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity")
 
 def output_index(model: onnx.ModelProto, output: int | str | None) -> int:
     names = [o.name for o in model.graph.output]
-    if output is None:
-        return 0
+    if output is None:  # the first float output: classifiers often put an int64 label first
+        floats = [i for i, o in enumerate(model.graph.output) if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+        return floats[0] if floats else 0
     if isinstance(output, str):
         if output not in names:
             raise UnsupportedModelError(f"the model has no output '{output}'; its outputs are {names}")
