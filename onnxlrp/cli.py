@@ -28,8 +28,15 @@ def _add_composite_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--high", type=_floats, help="highest input value for ZBox (a number, or one per channel)")
     group.add_argument("--epsilon", type=float, help="epsilon of the Epsilon rule (default 1e-6)")
     group.add_argument("--gamma", type=float, help="gamma of the Gamma rule (default 0.25)")
+    group.add_argument("--declare", action="append", default=[], metavar="OP=pass|linear",
+                       help="treat an op without a relevance handler as Pass (relevance unchanged) or as a linear "
+                       "map of its first input (Norm, Jacobian probed at compile time); repeatable")
+    group = parser.add_argument_group("what to explain")
     group.add_argument("--output", dest="model_output", default=None,
-                       help="which model output to explain (name or index; default the first)")
+                       help="which model output to explain (name or index; default the first float output)")
+    group.add_argument("--input", dest="model_input", default=None,
+                       help="the input to explain when the model has several (default the first float input); "
+                       "the others get relevance too")
 
 
 def _composite_from(args):
@@ -47,7 +54,23 @@ def _composite_from(args):
                if p.default is pyinspect.Parameter.empty and p.name not in params]
     if missing:
         raise OnnxLrpError(f"composite {args.composite} needs --{' --'.join(missing)}")
-    return factory(**params)
+    composite = factory(**params)
+    declared = [_declaration(text) for text in args.declare]
+    return composites_module.LayerMap(declared, base=composite) if declared else composite
+
+
+def _declaration(text: str):
+    from . import rules
+
+    op, _, treatment = text.partition("=")
+    treatments = {"pass": rules.Pass, "linear": rules.Norm}
+    if not op or treatment.lower() not in treatments:
+        raise OnnxLrpError(f"--declare '{text}': expected OP=pass or OP=linear, e.g. --declare DepthToSpace=linear")
+    return op, treatments[treatment.lower()]()
+
+
+def _model_inputs(args):
+    return [args.model_input] if args.model_input else None
 
 
 def _model_output(args):
@@ -71,7 +94,8 @@ def cmd_compile(args) -> int:
         if target.resolve() == model.resolve():
             raise OnnxLrpError(f"refusing to overwrite the input model '{model}'")
         try:
-            written = compile_model(model, target, composite=composite, mode=args.mode, output=_model_output(args))
+            written = compile_model(model, target, composite=composite, mode=args.mode, output=_model_output(args),
+                                    inputs=_model_inputs(args))
             print(f"{model} -> {written}")
         except OnnxLrpError as exc:
             failures += 1
@@ -85,13 +109,13 @@ def cmd_explain(args) -> int:
     from .runtime import Explainer
 
     composite = _composite_from(args)
-    explainer = Explainer(args.model, composite=composite, output=_model_output(args),
+    explainer = Explainer(args.model, composite=composite, output=_model_output(args), inputs=_model_inputs(args),
                           threads=args.threads)
     compiled = explainer.compiled(args.mode if args.mode != "custom" else "logit")
-    if len(compiled.inputs) != 1:
-        raise OnnxLrpError(f"the command line explains single-input models; this one takes {compiled.inputs}")
+    primary = next(iter(compiled.relevance_outputs))
+    fixed = _fed_inputs(args.feed, compiled, primary)
     shape = [d.dim_value if d.HasField("dim_value") else None
-             for d in next(v for v in compiled.model.graph.input if v.name == compiled.inputs[0]).type.tensor_type.shape.dim]
+             for d in next(v for v in compiled.model.graph.input if v.name == primary).type.tensor_type.shape.dim]
     paths = [Path(p) for p in args.inputs]
     out = Path(args.out)
     failures, done = 0, 0
@@ -107,10 +131,15 @@ def cmd_explain(args) -> int:
                 print(f"error: {exc}", file=sys.stderr)
         if not samples:
             continue
-        result = explainer.explain(np.stack(samples), target=args.target, mode=args.mode)
+        batch = {primary: np.stack(samples)}
+        batch.update({name: np.repeat(value, len(samples), axis=0) for name, value in fixed.items()})
+        result = explainer.explain(batch if fixed else batch[primary], target=args.target, mode=args.mode)
         for i, path in enumerate(batch_paths):
-            relevance = result.relevance[i]
+            relevance = result.relevances[primary][i]
             save_array(relevance, out / f"{path.stem}.relevance.npy")
+            for name, other in result.relevances.items():
+                if name != primary:
+                    save_array(other[i], out / f"{path.stem}.relevance.{_safe(name)}.npy")
             save_heatmap(relevance, out / f"{path.stem}.heatmap.png", channel_axis=-1 if last else 0)
             target = int(result.target[i]) if result.target is not None else None
             print(f"{path}: class {target}, relevance sum {float(relevance.sum()):.6g} -> "
@@ -120,10 +149,38 @@ def cmd_explain(args) -> int:
     return 1 if failures else 0
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _fed_inputs(feeds: list[str], compiled, primary: str) -> dict[str, np.ndarray]:
+    """--feed NAME=FILE.npy: the model's other inputs, one sample each, the same for every INPUT."""
+    fixed = {}
+    for text in feeds:
+        name, _, path = text.partition("=")
+        if name not in compiled.inputs or name == primary or not path:
+            raise OnnxLrpError(f"--feed '{text}': expected NAME=FILE.npy with NAME one of the model's other inputs "
+                               f"{[i for i in compiled.inputs if i != primary]}")
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise OnnxLrpError(f"--feed {name}: cannot read '{path}' as .npy: {exc}") from None
+        fixed[name] = value[None] if value.ndim == len(_dims(compiled, name)) - 1 else value[:1]
+    missing = [i for i in compiled.inputs if i != primary and i not in fixed]
+    if missing:
+        raise OnnxLrpError(f"the model also takes {missing}; give each with --feed NAME=FILE.npy")
+    return fixed
+
+
+def _dims(compiled, name: str) -> list:
+    return list(next(v for v in compiled.model.graph.input if v.name == name).type.tensor_type.shape.dim)
+
+
 def cmd_inspect(args) -> int:
     from .inspect import format_report, inspect_model
 
-    report = inspect_model(args.model, composite=_composite_from(args), output=_model_output(args))
+    report = inspect_model(args.model, composite=_composite_from(args), output=_model_output(args),
+                           inputs=_model_inputs(args))
     print(format_report(report))
     return 1 if report.problems else 0
 
@@ -158,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std, e.g. 0.229,0.224,0.225")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per run (default 16)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="a value for another model input (one sample, used for every INPUT); repeatable")
     _add_composite_options(p)
     p.set_defaults(func=cmd_explain)
 

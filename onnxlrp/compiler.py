@@ -25,7 +25,8 @@ from .model import load_model, save_model
 from .ops import WEIGHTED, handler_for
 from .ops.context import Builder, NodeContext
 from .output_relevance import build_output_relevance
-from .rules import Pass, Rule
+from .ops.linear_map import linear_map
+from .rules import Norm, Pass, Rule
 
 LAYER_SUM_PREFIX = "lrp_sum/"
 
@@ -164,8 +165,10 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             continue
         rule = rules.get(node.name)
         handler = handler_for(node.op_type)
-        if handler is None:
-            handler = _declared_pass if isinstance(rule, Pass) else None
+        if handler is None and isinstance(rule, Pass):
+            handler = _declared_pass
+        elif handler is None and isinstance(rule, Norm):
+            handler = _declared_linear_map
         if handler is None or node.domain not in ("", "ai.onnx"):
             domain = f" from domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
             raise UnsupportedOpError(node.op_type, node.name, f"no relevance handler{domain}")
@@ -237,6 +240,11 @@ def _declared_pass(ctx: NodeContext):
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, f"declared Pass, but its output shape {y_shape} differs "
                                  f"from its input shape {x_shape}")
     return [ctx.R()] + [None] * (len(ctx.node.input) - 1)
+
+
+def _declared_linear_map(ctx: NodeContext):
+    """An op declared Norm by the composite: a linear map, its Jacobian probed at compile time."""
+    return linear_map(ctx, ctx.rule.stabilizer)
 
 
 def _gather(b: Builder, parts: list[str] | None, scope: str) -> str | None:

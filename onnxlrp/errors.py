@@ -20,9 +20,9 @@ class UnsupportedOpError(UnsupportedModelError):
         self.op_type = op_type
         self.node_name = node_name
         remedy = (
-            "declare it in a LayerMap composite, e.g. "
-            f"composites.LayerMap([(\"{op_type}\", rules.Pass())], base=...) "
-            "if relevance should pass through it unchanged"
+            f"to go on, declare it: composites.LayerMap([(\"{op_type}\", rules.Pass())], base=...) passes relevance "
+            f"through unchanged, rules.Norm() instead treats it as a linear map of its first input "
+            f"(command line: --declare {op_type}=pass or --declare {op_type}=linear)"
         )
         message = f"op {op_type} (node '{node_name}') is not supported"
         if detail:

@@ -11,7 +11,7 @@ from .errors import OnnxLrpError, UnsupportedOpError
 from .graph import ForwardGraph
 from .model import load_model
 from .ops import WEIGHTED, handler_for
-from .rules import Pass
+from .rules import Norm, Pass
 
 
 @dataclass
@@ -49,6 +49,8 @@ def inspect_model(model, composite=None, output=None, inputs=None) -> Report:
             rows.append(Row(node.name, node.op_type, repr(rule) if rule is not None else label, True))
         elif isinstance(rule, Pass):
             rows.append(Row(node.name, node.op_type, "Pass (declared)", True))
+        elif isinstance(rule, Norm):
+            rows.append(Row(node.name, node.op_type, "Norm (declared: linear map, Jacobian probed)", True))
         else:
             rows.append(Row(node.name, node.op_type, "UNSUPPORTED", False))
             problems.append(str(UnsupportedOpError(node.op_type, node.name, "no relevance handler")))

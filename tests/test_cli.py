@@ -87,3 +87,84 @@ def test_help(argv, capsys):
         main(argv)
     assert exit_info.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def _tiny(nodes, tmp_path, name, opset=17, shape=(2, 2, 2)):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def test_declare_pass_and_linear(tmp_path, capsys):
+    """DepthToSpace has no handler: declared linear, relevance is routed back exactly (a permutation);
+    Cos declared linear is refused because it is not linear."""
+    d2s = _tiny([helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, name="d2s"),
+                 helper.make_node("Flatten", ["y"], ["logits"])], tmp_path, "d2s.onnx", shape=(4, 1, 2))
+    assert main(["inspect", str(d2s), "--declare", "DepthToSpace=linear"]) == 0
+    assert "linear map" in capsys.readouterr().out
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (1, 4, 1, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x[0])
+    assert main(["explain", str(d2s), str(tmp_path / "x.npy"), "--declare", "DepthToSpace=linear", "--mode", "one",
+                 "--target", "3", "--out", str(tmp_path / "o")]) == 0
+    relevance = np.load(tmp_path / "o" / "x.relevance.npy")
+    import onnxruntime as ort
+    y = ort.InferenceSession(str(d2s)).run(None, {"x": x})[0].ravel()
+    assert np.isclose(relevance.sum(), 1.0, atol=1e-5) and np.count_nonzero(relevance) == 1
+    assert np.isclose(x.ravel()[relevance.ravel() != 0][0], y[3])
+    cos = _tiny([helper.make_node("Cos", ["x"], ["y"], name="cos"), helper.make_node("Flatten", ["y"], ["logits"])],
+                tmp_path, "cos.onnx")
+    assert main(["compile", str(cos), "--declare", "Cos=linear", "-o", str(tmp_path / "c.onnx")]) != 0
+    assert "not a linear map" in capsys.readouterr().err
+    assert main(["compile", str(cos), "--declare", "Cos=pass", "-o", str(tmp_path / "c.onnx")]) == 0
+    assert main(["compile", str(cos), "--declare", "Cos", "-o", str(tmp_path / "c2.onnx")]) == 2
+
+
+def test_control_flow_on_the_input_is_a_one_line_error(tmp_path, capsys):
+    then = helper.make_graph([helper.make_node("Identity", ["x"], ["a"])], "then", [],
+                             [helper.make_tensor_value_info("a", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["b"])], "else", [],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other, name="branch"),
+             helper.make_node("Flatten", ["y"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "if.onnx"
+    onnx.save(model, str(path))
+    before = _digest(path)
+    assert main(["compile", str(path), "-o", str(tmp_path / "if.lrp.onnx")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "If" in err and "branch" in err and len(err.splitlines()) == 1
+    assert _digest(path) == before and not (tmp_path / "if.lrp.onnx").exists()
+
+
+def test_not_an_onnx_file(tmp_path, capsys):
+    path = tmp_path / "notes.onnx"
+    path.write_text("this is not a model")
+    assert main(["inspect", str(path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert path.read_text() == "this is not a model"
+
+
+def test_multi_input_model_with_chosen_output(tmp_path, capsys):
+    model = "models/corpus/helper_multi_io_op25.onnx"
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "img.npy", rng.normal(size=(3, 16, 16)).astype(np.float32))
+    np.save(tmp_path / "feat.npy", rng.normal(size=6).astype(np.float32))
+    out = tmp_path / "o"
+    assert main(["explain", model, str(tmp_path / "img.npy"), "--output", "class_logits", "--input", "image",
+                 "--out", str(out)]) == 2
+    assert "--feed" in capsys.readouterr().err
+    assert main(["explain", model, str(tmp_path / "img.npy"), "--output", "class_logits", "--input", "image",
+                 "--feed", f"features={tmp_path / 'feat.npy'}", "--out", str(out)]) == 0
+    assert np.load(out / "img.relevance.npy").shape == (3, 16, 16)
+    assert np.load(out / "img.relevance.features.npy").shape == (6,)
