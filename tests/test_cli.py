@@ -168,3 +168,13 @@ def test_multi_input_model_with_chosen_output(tmp_path, capsys):
                  "--feed", f"features={tmp_path / 'feat.npy'}", "--out", str(out)]) == 0
     assert np.load(out / "img.relevance.npy").shape == (3, 16, 16)
     assert np.load(out / "img.relevance.features.npy").shape == (6,)
+
+
+@pytest.mark.parametrize("bad", ["text", "complex"])
+def test_wrong_dtype_is_an_input_error(bad, models_dir):
+    from onnxlrp import Explainer
+    from onnxlrp.errors import InputError
+
+    x = np.array([["a"] * 20]) if bad == "text" else np.zeros((1, 20), np.complex64)
+    with pytest.raises(InputError, match="dtype"):
+        Explainer(models_dir / "mlp.onnx").explain(x)
