@@ -17,7 +17,8 @@ from reference import to_float64
 from onnxlrp import Explainer, composites, rules
 from onnxlrp.canonical import canonicalize
 
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "models", "corpus")
+# ONNXLRP_CORPUS=DIR runs the same checks on another corpus (tools/zoo/ builds full-size architectures)
+CORPUS = os.environ.get("ONNXLRP_CORPUS") or os.path.join(os.path.dirname(__file__), "..", "models", "corpus")
 MANIFEST = json.load(open(os.path.join(CORPUS, "manifest.json")))
 NAMES = sorted(MANIFEST)
 
@@ -48,6 +49,7 @@ def _model_path(name):
     return os.path.join(CORPUS, name)
 
 
+@pytest.mark.skipif(bool(os.environ.get("ONNXLRP_CORPUS")), reason="another corpus")
 def test_corpus_is_varied():
     exporters = {e["exporter"].split(" (")[0] for e in MANIFEST.values()}
     opsets = {e["opset"] for e in MANIFEST.values()}
@@ -62,7 +64,11 @@ def test_corpus_is_varied():
 def test_outputs_reproduced_and_relevance_finite(name):
     entry = MANIFEST[name]
     inputs = _inputs(name)
-    session = ort.InferenceSession(_model_path(name), providers=["CPUExecutionProvider"])
+    # graph optimisations off: onnxruntime's Pad+MaxPool fusion (microsoft/onnxruntime#18136) pads with
+    # -inf where the model pads with 0 and changes the outputs of e.g. Keras ResNet-V2 graphs
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(_model_path(name), options, providers=["CPUExecutionProvider"])
     per_sample = [session.run(None, _feeds(session, {k: v[i:i + 1] for k, v in inputs.items()})) for i in range(2)]
     expected = [np.concatenate(parts) for parts in zip(*per_sample)]  # some models have batch 1 baked in
     for composite in (None, composites.Uniform(rules.Epsilon(epsilon=0.0))):
@@ -103,7 +109,8 @@ OTHERS = [n for n in NAMES if not MANIFEST[n]["relu_only"]]
 
 def _gradient_identity_violation(name, composite):
     """How far R / x is from the gradient, along 48 coordinate and 4 random directions: the largest
-    |error| beyond 1e-3 relative, in units of the directional derivative's Cauchy-Schwarz scale."""
+    |error| beyond 1e-3 relative and beyond the finite differences' rounding, in units of the
+    directional derivative's Cauchy-Schwarz scale."""
     inputs = {k: v[:1] for k, v in _inputs(name, seed=1).items()}
     explainer = Explainer(_model_path(name), composite=composite, output=MANIFEST[name].get("output"))
     result = explainer.explain(_x(explainer, inputs))
@@ -117,13 +124,16 @@ def _gradient_identity_violation(name, composite):
     coords = rng.choice(x.size, size=min(48, x.size), replace=False)
     directions = np.zeros((len(coords) + 4, x.size))
     directions[np.arange(len(coords)), coords] = 1.0
-    directions[len(coords):] = rng.normal(size=(4, x.size))
+    random = rng.normal(size=(4, x.size))
+    directions[len(coords):] = random / np.linalg.norm(random, axis=1, keepdims=True)  # a step of h crosses no kink
     h = 1e-5
     values = forward(x[None] + h * np.concatenate([directions, -directions]))[:, target]
     derivative = (values[:len(directions)] - values[len(directions):]) / (2 * h)
     predicted = directions @ (relevance / x)      # LRP-0 claims R = x * grad
     scale = np.linalg.norm(directions, axis=1) * np.linalg.norm(relevance / x)
-    return float(np.max((np.abs(predicted - derivative) - 1e-3 * np.abs(derivative)) / scale))
+    # the finite differences' own rounding, which matters where a deep random net's gradient is tiny
+    fd_noise = 1e-14 * np.abs(values).max() / h * np.linalg.norm(directions, axis=1)
+    return float(np.max((np.abs(predicted - derivative) - 1e-3 * np.abs(derivative) - fd_noise) / scale))
 
 
 @pytest.mark.parametrize("name", RELU_ONLY)
@@ -132,14 +142,15 @@ def test_lrp0_equals_gradient_times_input(name):
     assert _gradient_identity_violation(name, composites.Uniform(rules.Epsilon(epsilon=0.0))) < 1e-4
 
 
+@pytest.mark.skipif(bool(os.environ.get("ONNXLRP_CORPUS")), reason="another corpus")
 def test_gradient_identity_check_can_fail():
     """The same check rejects a composite that is not the gradient (ZPlus layers, Flat first layer)."""
     assert _gradient_identity_violation("torch_vgg_op9.onnx", composites.EpsilonPlusFlat()) > 1e-2
 
 
 def _bias_free(path):
-    """The model with every bias set to zero: layer biases, BatchNorm shifts, constants added or
-    subtracted. RULES.md: bias-free LRP-0 must conserve relevance exactly."""
+    """The model with every bias set to zero: layer biases, BatchNorm shifts, per-channel constants
+    added or subtracted. RULES.md: bias-free LRP-0 must conserve relevance exactly."""
     model = onnx.load(path)
     inits = {t.name: t for t in model.graph.initializer}
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
@@ -149,8 +160,10 @@ def _bias_free(path):
             shifts.add(node.input[2])
         elif node.op_type == "BatchNormalization":
             shifts.update(node.input[2:4])
-        elif node.op_type in ("Add", "Sub"):
-            shifts.update(node.input)
+        elif node.op_type in ("Add", "Sub"):  # per-channel shifts; a scalar one is part of an activation (hard-swish)
+            shifts.update(name for name in node.input
+                          if name in inits and np.prod(inits[name].dims) > 1
+                          or name in constants and np.prod(constants[name].attribute[0].t.dims) > 1)
     for name in shifts:
         if name in inits and inits[name].data_type == onnx.TensorProto.FLOAT:
             zero = np.zeros_like(onnx.numpy_helper.to_array(inits[name]))
@@ -167,8 +180,9 @@ def _bias_free(path):
 def test_bias_free_lrp0_conserves(name):
     inputs = _inputs(name, seed=1)
     x = inputs[None] if None in inputs else dict(inputs)
-    tiny = rules.Norm(stabilizer=1e-12)  # so that the stabilisers absorb next to nothing
-    composite = composites.LayerMap([(op, tiny) for op in NORM_OPS], base=composites.Uniform(rules.Epsilon(1e-9)))
+    # unstabilised, so that nothing is absorbed even where a deep random net's activations are tiny
+    composite = composites.LayerMap([(op, rules.Norm(stabilizer=0.0)) for op in NORM_OPS],
+                                    base=composites.Uniform(rules.Epsilon(0.0)))
     explainer = Explainer(_bias_free(_model_path(name)), composite=composite, output=MANIFEST[name].get("output"))
     result = explainer.explain(x, mode="one")
     total = sum(r.reshape(len(r), -1).sum(axis=1) for r in result.relevances.values())

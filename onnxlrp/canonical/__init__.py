@@ -50,7 +50,7 @@ def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> Can
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names)
 
 
-def fold_until_stable(model: onnx.ModelProto, rounds: int = 4) -> onnx.ModelProto:
+def fold_until_stable(model: onnx.ModelProto, rounds: int = 32) -> onnx.ModelProto:
     """Constant folding and shape inference feed each other: a folded shape computation gives a static
     shape, which lets the next round fold more (torch's computed reshapes, an If on a tensor's rank)."""
     for _ in range(rounds):

@@ -7,7 +7,9 @@ import os
 
 import onnx
 
-CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "corpus")
+# ONNXLRP_CORPUS points elsewhere for the full-size architecture checks (tools/zoo/), never committed
+CORPUS = os.environ.get("ONNXLRP_CORPUS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                            "models", "corpus")
 MANIFEST = os.path.join(CORPUS, "manifest.json")
 
 
