@@ -3,7 +3,6 @@ or ZBox's bounds), with the same onnxruntime kernels the explainer will run on."
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
