@@ -1,4 +1,4 @@
-"""The `onnxlrp` command line: compile, explain, inspect."""
+"""The `onnxlrp` command line: compile, explain, evaluate, inspect."""
 from __future__ import annotations
 
 import argparse
@@ -176,6 +176,39 @@ def _dims(compiled, name: str) -> list:
     return list(next(v for v in compiled.model.graph.input if v.name == name).type.tensor_type.shape.dim)
 
 
+def cmd_evaluate(args) -> int:
+    from .checks import conservation
+    from .heatmap import save_atomic
+    from .inputs import load_input
+    from .runtime import Explainer
+
+    explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
+                          inputs=_model_inputs(args), threads=args.threads, layer_sums=True)
+    compiled = explainer.compiled(args.mode)
+    primary = next(iter(compiled.relevance_outputs))
+    if len(compiled.inputs) != 1:
+        raise OnnxLrpError(f"evaluate runs on single-input models; this one takes {compiled.inputs}")
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in _dims(compiled, primary)]
+    samples = []
+    for path in args.inputs:
+        try:
+            samples.append(load_input(path, shape, mean=args.mean, std=args.std))
+        except OnnxLrpError as exc:
+            print(f"error: {exc} (skipped)", file=sys.stderr)
+    if not samples:
+        raise OnnxLrpError("no input could be read")
+    report = conservation(explainer, np.stack(samples), target=args.target, mode=args.mode)
+    out = Path(args.out)
+    text = (f"# Conservation and positivity\n\nmodel `{args.model}`, composite `{explainer.composite!r}`, mode "
+            f"`{args.mode}`, {len(samples)} input(s)\n\n{report.table()}\n")
+    if report.plot(out / "conservation.png"):
+        text += "\n![relative development of the relevance sum](conservation.png)\n"
+    save_atomic(out / "conservation.md", lambda tmp: Path(tmp).write_text(text))
+    print(report.table())
+    print(f"report: {out / 'conservation.md'}")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from .inspect import format_report, inspect_model
 
@@ -219,6 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a value for another model input (one sample, used for every INPUT); repeatable")
     _add_composite_options(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted",
+                       description="Run a check on MODEL over INPUT files and write a Markdown report (with plots "
+                       "when matplotlib is installed). conservation: the sum of relevance at every layer relative "
+                       "to the output relevance, and the share of negative relevance per layer.")
+    p.add_argument("check", choices=["conservation"], help="which check")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
+    p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob"], help="where the explanation starts")
+    p.add_argument("--out", default="evaluation", help="report folder (default evaluation/)")
+    p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean for images")
+    p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std for images")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    _add_composite_options(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("inspect", help="show the rule each layer gets and the ops that cannot be explained",
                        description="Print node -> rule/treatment for every node between the input and the logits, "

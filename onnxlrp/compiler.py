@@ -29,6 +29,7 @@ from .ops.linear_map import linear_map
 from .rules import Norm, Pass, Rule
 
 LAYER_SUM_PREFIX = "lrp_sum/"
+LAYER_ABS_SUM_PREFIX = "lrp_abs/"  # the sum of |R| beside each sum: the share of negative relevance
 
 
 @dataclass
@@ -203,6 +204,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             sum_outputs.append(_layer_sum(b, relevance_outputs[name], f"input/{name}"))
         for name in sum_outputs:
             graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM]))
+        for name in sum_outputs:
+            graph_outputs.append(helper.make_tensor_value_info(abs_sum_name(name), TensorProto.FLOAT, [BATCH_DIM]))
     graph_outputs.extend(extra_outputs)
 
     graph = helper.make_graph(
@@ -256,10 +259,17 @@ def _gather(b: Builder, parts: list[str] | None, scope: str) -> str | None:
     return b.op("Sum", parts)
 
 
+def abs_sum_name(sum_name: str) -> str:
+    return LAYER_ABS_SUM_PREFIX + sum_name[len(LAYER_SUM_PREFIX):]
+
+
 def _layer_sum(b: Builder, relevance: str, label: str) -> str:
+    """Per sample: sum(R) as lrp_sum/<label> and sum(|R|) as lrp_abs/<label>."""
     name = f"{LAYER_SUM_PREFIX}{label}"
     flat = b.op("Flatten", [relevance], axis=1)
     b.nodes.append(helper.make_node("ReduceSum", [flat, b.ints([1])], [name], keepdims=0, name=f"lrp/{name}"))
+    b.nodes.append(helper.make_node("ReduceSum", [b.op("Abs", [flat]), b.ints([1])], [abs_sum_name(name)],
+                                    keepdims=0, name=f"lrp/{abs_sum_name(name)}"))
     return name
 
 

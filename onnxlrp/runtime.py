@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import composites as composites_module
-from .compiler import CompiledExplainer, compile_explainer
+from .compiler import CompiledExplainer, abs_sum_name, compile_explainer
 from .errors import InputError
 from .model import load_model
 from .output_relevance import MODES
@@ -20,6 +20,7 @@ class Explanation:
     target: np.ndarray | None             # the class explained, per sample (None in custom mode)
     relevances: dict[str, np.ndarray] = field(default_factory=dict)  # every explained input
     layer_sums: dict[str, np.ndarray] = field(default_factory=dict)  # per layer, when asked for
+    layer_abs_sums: dict[str, np.ndarray] = field(default_factory=dict)  # sum of |R|, same keys
 
 
 class Explainer:
@@ -88,6 +89,7 @@ class Explainer:
             target=merged[compiled.target_output] if compiled.target_output else None,
             relevances=relevances,
             layer_sums={name: merged[name] for name in compiled.layer_sum_outputs},
+            layer_abs_sums={name: merged[abs_sum_name(name)] for name in compiled.layer_sum_outputs},
         )
 
     __call__ = explain

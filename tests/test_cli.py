@@ -178,3 +178,13 @@ def test_wrong_dtype_is_an_input_error(bad, models_dir):
     x = np.array([["a"] * 20]) if bad == "text" else np.zeros((1, 20), np.complex64)
     with pytest.raises(InputError, match="dtype"):
         Explainer(models_dir / "mlp.onnx").explain(x)
+
+
+def test_evaluate_conservation_writes_report(tmp_path, models_dir, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "conservation", str(models_dir / "tiny_vgg.onnx"), str(models_dir / "example.png"),
+                 "--out", str(out)]) == 0
+    report = (out / "conservation.md").read_text()
+    assert "| output |" in report and "relative sum" in report and "negative share" in report
+    assert (out / "conservation.png").stat().st_size > 0
+    assert "| output |" in capsys.readouterr().out
