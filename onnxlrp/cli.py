@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX model file(s)")
     p.add_argument("-o", "--out", help="output file (default MODEL.lrp.onnx beside the model)")
     p.add_argument("--out-dir", help="folder for the outputs when compiling several models")
-    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "custom"],
+    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive", "custom"],
                    help="where the explanation starts (default logit)")
     _add_composite_options(p)
     p.set_defaults(func=cmd_compile)
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     p.add_argument("--out", default="heatmaps", help="output folder (default heatmaps/)")
-    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob"], help="where the explanation starts")
+    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"], help="where the explanation starts")
     p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std, e.g. 0.229,0.224,0.225")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per run (default 16)")
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
-    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob"], help="where the explanation starts")
+    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"], help="where the explanation starts")
     p.add_argument("--out", default="evaluation", help="report folder (default evaluation/)")
     p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean for images")
     p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std for images")

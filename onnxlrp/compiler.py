@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from . import __version__
 from . import composites as composites_module
 from .canonical import CanonicalModel, canonicalize
+from .contrastive import contrastive_relevance
 from .canonical.batch import BATCH_DIM
 from .composites import Composite, Layer
 from .errors import UnsupportedModelError, UnsupportedOpError
@@ -158,10 +159,26 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
 
     forward_nodes = [_copy(n) for n in fwd.nodes]
     by_name = {n.name: n for n in forward_nodes}
-    received: dict[str, list[str]] = {logits: [start]}
+    contrastive_layer = None
+    if mode == "contrastive":
+        contrastive_layer = fwd.producer.get(logits)
+        if contrastive_layer is None or contrastive_layer.op_type != "Gemm" or logits_shape[1] < 2:
+            found = contrastive_layer.op_type if contrastive_layer is not None else "a graph input"
+            raise UnsupportedModelError(f"mode 'contrastive' needs a dense layer (Gemm/MatMul) right under the "
+                                        f"logits '{logits}' and at least two classes; here they come from {found}")
+    received: dict[str, list[str]] = {logits: [start]} if start else {}
     sum_outputs = []
     for node in reversed(path):
         relevance_out = [_gather(b, received.pop(o, None), node.name) if o else None for o in node.output]
+        if node is contrastive_layer:
+            b.set_scope(node.name)
+            ctx = NodeContext(node=by_name[node.name], graph=fwd, b=b, rule=rules.get(node.name),
+                              relevance_out=[None], live=[bool(i) and i in live for i in node.input])
+            sent_to_input, start = contrastive_relevance(ctx, extra_outputs[0].name, int(logits_shape[1]))
+            received.setdefault(node.input[0], []).append(sent_to_input)
+            if layer_sums:
+                sum_outputs.append(_layer_sum(b, sent_to_input, node.name))
+            continue
         if not any(relevance_out):
             continue
         rule = rules.get(node.name)

@@ -4,6 +4,8 @@
     one     R_c = 1 for c
     prob    R_c = softmax(z)_c for c
     custom  any tensor of the logits' shape, given by the caller
+    contrastive  the log-odds of c against the others, through the pairwise difference layer
+                 (onnxlrp.contrastive; here only the target is set up)
 
 The target is an input of the explainer model (int64, one per sample); -1 means the arg-max class.
 """
@@ -14,7 +16,7 @@ from onnx import TensorProto, helper
 
 from .ops.context import Builder
 
-MODES = ("logit", "one", "prob", "custom")
+MODES = ("logit", "one", "prob", "contrastive", "custom")
 TARGET_INPUT = "target"
 CUSTOM_INPUT = "output_relevance"
 TARGET_OUTPUT = "target_explained"
@@ -38,7 +40,9 @@ def build_output_relevance(b: Builder, logits: str, n_classes: int, mode: str, t
     b.nodes.append(helper.make_node("Where", [use_predicted, predicted, target], [chosen], name=b.fresh("target")))
     one_hot = b.op("OneHot", [chosen, b.ints([n_classes]), b.const(np.array([0.0, 1.0], np.float32), hint="off_on")],
                    axis=-1, hint="one_hot")
-    if mode == "one":
+    if mode == "contrastive":
+        relevance = None  # starts on the pairwise layer, see onnxlrp.contrastive
+    elif mode == "one":
         relevance = one_hot
     elif mode == "logit":
         relevance = b.op("Mul", [one_hot, logits], hint="start")

@@ -41,6 +41,10 @@ class LinearMap:
         bias_name = self.bias_name(bias)
         return [inp, self.weight_name(weight)] + ([bias_name] if bias_name else [])
 
+    def output(self) -> str:
+        """z = W x + b as computed by the forward graph (reused by Epsilon and Gamma's sign gate)."""
+        return self.ctx.y()
+
     def sample_shape(self) -> tuple:
         """The explained layer input's shape without the batch axis (static)."""
         raise NotImplementedError
@@ -127,7 +131,7 @@ def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps:
     parts, constant = [], None
     for t in terms:
         if _reuses_forward(layer, t):
-            parts.append((ctx.y(), t.sign))
+            parts.append((layer.output(), t.sign))
         elif t.input in CONSTANT_INPUTS:
             value = t.sign * layer.forward_constant(inputs.constant(t.input), t.weight, t.bias).astype(np.float64)
             constant = value if constant is None else constant + value
@@ -144,7 +148,7 @@ def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps:
         s = b.op("Mul", [ctx.R(), b.const(inverse, hint="inv_z")])
     if group.gate:
         compare = "Greater" if group.gate == "positive" else "Less"
-        mask = b.op(compare, [ctx.y(), b.scalar(0.0)])
+        mask = b.op(compare, [layer.output(), b.scalar(0.0)])
         s = b.op("Where", [mask, s, b.scalar(0.0)], hint="gate")
     return s
 
