@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedOpError
 from ..graph import ForwardGraph
-from ..rules import Rule
+from ..rules import DEFAULT_STABILIZER, Norm, Pass, Rule
 
 
 class Builder:
@@ -155,6 +155,13 @@ class NodeContext:
             raise UnsupportedOpError(self.node.op_type, self.name, f"the shape {shape} of '{name}' is not static apart "
                                      "from the batch; give the model a fixed input size")
         return tuple(shape)
+
+    def norm_stabilizer(self) -> float | None:
+        """The stabiliser of this weight-free node's Norm rule (the default one unless declared), or None
+        if the node was declared Pass; each handler says what Pass means for it."""
+        if isinstance(self.rule, Pass):
+            return None
+        return self.rule.stabilizer if isinstance(self.rule, Norm) else DEFAULT_STABILIZER
 
     def attr(self, key: str, default=None):
         for attribute in self.node.attribute:

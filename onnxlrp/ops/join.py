@@ -8,7 +8,6 @@ all relevance goes to the signal.
 from __future__ import annotations
 
 from ..errors import UnsupportedOpError
-from ..rules import DEFAULT_STABILIZER, Norm, Pass
 from .context import NodeContext
 from .registry import register
 
@@ -34,9 +33,9 @@ def _pass_to_live(ctx: NodeContext):
 
 def _norm(ctx: NodeContext, signs):
     """R_i = sign_i * x_i * R / stab(y) for each computed operand."""
-    if isinstance(ctx.rule, Pass):
+    eps = ctx.norm_stabilizer()
+    if eps is None:
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "Pass is ambiguous for a join of several tensors")
-    eps = ctx.rule.stabilizer if isinstance(ctx.rule, Norm) else DEFAULT_STABILIZER
     b = ctx.b
     s = b.divide(ctx.R(), ctx.y(), eps)
     out_shape = ctx.shape(ctx.y())

@@ -11,34 +11,13 @@ ConvTranspose of ones over R / divisor (the divisor map is computed once, at com
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..errors import UnsupportedOpError
-from ..rules import DEFAULT_STABILIZER, Norm, Pass
 from .context import NodeContext
 from .conv import transpose_geometry
 from .evaluate import evaluate_node
 from .registry import register
-
-
-def _zeros_like(ctx: NodeContext, like: str) -> str:
-    zero = helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])
-    return ctx.b.op("ConstantOfShape", [ctx.b.op("Shape", [like])], value=zero)
-
-
-def _static_spatial(ctx: NodeContext):
-    x_shape, y_shape = ctx.shape(ctx.x()), ctx.shape(ctx.y())
-    if x_shape is None or y_shape is None or any(d is None for d in list(x_shape[1:]) + list(y_shape[1:])):
-        raise UnsupportedOpError(ctx.node.op_type, ctx.name, f"shapes {x_shape} -> {y_shape} are not static apart "
-                                 "from the batch; give the model a fixed input size")
-    return tuple(x_shape), tuple(y_shape)
-
-
-def _norm_stabilizer(ctx: NodeContext) -> float | None:
-    """The stabiliser of the Norm rule, or None if the node was declared Pass."""
-    if isinstance(ctx.rule, Pass):
-        return None
-    return ctx.rule.stabilizer if isinstance(ctx.rule, Norm) else DEFAULT_STABILIZER
 
 
 @register("MaxPool")
@@ -49,7 +28,7 @@ def max_pool(ctx: NodeContext):
     b = ctx.b
     indices = ctx.ensure_output(1, "indices")
     flat = b.ints([-1])
-    zeros = b.op("Reshape", [_zeros_like(ctx, ctx.x()), flat])
+    zeros = b.op("Reshape", [b.zeros_like(ctx.x()), flat])
     scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat]), b.op("Reshape", [ctx.R(), flat])],
                      axis=0, reduction="add", hint="winners")
     return [b.reshape_like(scattered, ctx.x())]
@@ -62,17 +41,17 @@ def global_max_pool(ctx: NodeContext):
     per_channel = b.op("Reshape", [ctx.x(), b.ints([0, 0, -1])])
     winner = b.op("ArgMax", [per_channel], axis=2, keepdims=1)
     relevance = b.op("Reshape", [ctx.R(), b.ints([0, 0, 1])])
-    scattered = b.op("ScatterElements", [_zeros_like(ctx, per_channel), winner, relevance], axis=2, hint="winners")
+    scattered = b.op("ScatterElements", [b.zeros_like(per_channel), winner, relevance], axis=2, hint="winners")
     return [b.reshape_like(scattered, ctx.x())]
 
 
 @register("AveragePool")
 def average_pool(ctx: NodeContext):
     """Norm"""
-    eps = _norm_stabilizer(ctx)
+    eps = ctx.norm_stabilizer()
     if eps is None:
         return [ctx.R()]
-    x_shape, y_shape = _static_spatial(ctx)
+    x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
     kernel = list(ctx.attr("kernel_shape"))
     nd = len(kernel)
     strides = list(ctx.attr("strides", [1] * nd))
@@ -112,10 +91,10 @@ def _inverse_divisors(ctx, x_shape, y_shape, kernel, strides, dilations, pads):
 @register("GlobalAveragePool")
 def global_average_pool(ctx: NodeContext):
     """Norm"""
-    eps = _norm_stabilizer(ctx)
+    eps = ctx.norm_stabilizer()
     if eps is None:
         return [ctx.R()]
-    x_shape, _ = _static_spatial(ctx)
+    x_shape = ctx.static_shape(ctx.x())
     count = int(np.prod(x_shape[2:]))
     b = ctx.b
     s = b.divide(ctx.R(), ctx.y(), eps)

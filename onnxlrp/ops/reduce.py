@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..rules import DEFAULT_STABILIZER, Norm, Pass
 from .context import NodeContext
 from .registry import register
 
@@ -29,9 +28,9 @@ def _reduced_axes(ctx: NodeContext, rank: int) -> list[int]:
 @register("ReduceMean", "ReduceSum")
 def reduce(ctx: NodeContext):
     """Norm"""
-    if isinstance(ctx.rule, Pass):
+    eps = ctx.norm_stabilizer()
+    if eps is None:
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "Pass cannot undo a reduction; use Norm")
-    eps = ctx.rule.stabilizer if isinstance(ctx.rule, Norm) else DEFAULT_STABILIZER
     x_shape = ctx.static_shape(ctx.x())
     axes = _reduced_axes(ctx, len(x_shape))
     b = ctx.b

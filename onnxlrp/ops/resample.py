@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 
 from ..errors import UnsupportedOpError
-from ..rules import DEFAULT_STABILIZER, Norm, Pass
 from .context import NodeContext
 from .evaluate import evaluate_node
 from .registry import register
@@ -58,12 +57,12 @@ def _scales(ctx: NodeContext, rank: int) -> list[float] | None:
 @register("Resize")
 def resize(ctx: NodeContext):
     """Norm (linear map)"""
-    if isinstance(ctx.rule, Pass):
+    eps = ctx.norm_stabilizer()
+    if eps is None:
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "Pass cannot undo a resize; use Norm")
     if str(ctx.attr("coordinate_transformation_mode", "")) == "tf_crop_and_resize":
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "tf_crop_and_resize depends on a region of interest "
                                  "and is not supported")
-    eps = ctx.rule.stabilizer if isinstance(ctx.rule, Norm) else DEFAULT_STABILIZER
     x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
     rank = len(x_shape)
     scales = _scales(ctx, rank)
