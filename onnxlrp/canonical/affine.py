@@ -27,7 +27,7 @@ def fold_affine(graph: gs.Graph) -> bool:
     while True:
         changed = False
         for node in list(graph.nodes):
-            if node.op in LAYER_OPS and _weights_constant(node):
+            if node.op in LAYER_OPS and weights_constant(node):
                 changed |= _fold_after(graph, node) or _fold_before(graph, node)
         if not changed:
             break
@@ -36,7 +36,8 @@ def fold_affine(graph: gs.Graph) -> bool:
     return changed_any
 
 
-def _weights_constant(layer: gs.Node) -> bool:
+def weights_constant(layer: gs.Node) -> bool:
+    """A Conv or canonical (transB=1) Gemm whose weight and bias are constants."""
     if layer.op == "Gemm" and int(layer.attrs.get("transB", 0)) != 1:
         return False  # dense layers are normalised to transB=1 first
     if len(layer.inputs) < 2 or not isinstance(layer.inputs[1], gs.Constant):
@@ -101,21 +102,27 @@ def _fold_after(graph: gs.Graph, layer: gs.Node) -> bool:
         return False
     node = y.outputs[0]
     split = _split_affine(node, y)
-    weight = layer.inputs[1].values
-    n_out = weight.shape[0]
-    rank = len(y.shape) if y.shape is not None else (2 if layer.op == "Gemm" else weight.ndim)
     if split is None:
         return False
-    c = _per_channel(split[0], rank, n_out)
+    weight = layer.inputs[1].values
+    rank = len(y.shape) if y.shape is not None else (2 if layer.op == "Gemm" else weight.ndim)
+    c = _per_channel(split[0], rank, weight.shape[0])
     affine = _as_scale_shift(node.op, c, split[1]) if c is not None else None
     if affine is None:
         return False
-    scale, shift = affine
+    scale_after(graph, layer, node, *affine, "folded")
+    return True
+
+
+def scale_after(graph: gs.Graph, layer: gs.Node, node: gs.Node, scale: np.ndarray, shift: np.ndarray,
+                tag: str) -> None:
+    """Fold `node` = scale * layer(x) + shift (per output channel) into `layer`, which takes its output."""
+    weight = layer.inputs[1].values
+    n_out = weight.shape[0]
     new_weight = weight.astype(np.float64) * scale.reshape((n_out,) + (1,) * (weight.ndim - 1))
-    _set_params(graph, layer, new_weight, _bias(layer, n_out) * scale + shift, "folded")
+    _set_params(graph, layer, new_weight, _bias(layer, n_out) * scale + shift, tag)
     layer.outputs = [node.outputs[0]]
     node.outputs.clear()
-    return True
 
 
 def _fold_before(graph: gs.Graph, layer: gs.Node) -> bool:
