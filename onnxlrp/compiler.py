@@ -149,7 +149,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     if logits not in live:
         raise UnsupportedModelError(f"the logits '{logits}' do not depend on the input(s) {explained}")
 
-    explained = [name for name in explained if name in live and logits in fwd.descendants([name])] or explained
+    explained = [name for name in explained if logits in fwd.descendants([name])] or explained
     path = path_nodes_of(fwd, explained, logits)
     rules, layers = _assign_rules(composite, fwd, path, explained[0])
 

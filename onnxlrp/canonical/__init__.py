@@ -42,11 +42,7 @@ def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> Can
     if fold_batchnorm(graph):
         fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    ir_version = model.ir_version
-    model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = ir_version
-    del model.graph.value_info[:]
-    model = infer_shapes(model)
+    model = infer_shapes(_export(graph, model.ir_version))
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names)
 
 
@@ -57,15 +53,20 @@ def fold_until_stable(model: onnx.ModelProto, rounds: int = 32) -> onnx.ModelPro
         model = infer_shapes(model)
         graph = gs.import_onnx(model)
         fold_constants(graph)
-        ir_version = model.ir_version
-        folded = gs.export_onnx(graph, do_type_check=False)
-        folded.ir_version = ir_version
-        del folded.graph.value_info[:]
+        folded = _export(graph, model.ir_version)
         unchanged = len(folded.graph.node) == len(model.graph.node)
         model = folded
         if unchanged:
             break
     return infer_shapes(model)
+
+
+def _export(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
+    """The graph as a model of the given IR version, without the value_info the rewrites made stale."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = ir_version
+    del model.graph.value_info[:]
+    return model
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -22,11 +22,6 @@ def normalise_versions(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(model)
     if opset < MIN_OPSET:
         try:
-            # some adapters (Gemm/BatchNorm broadcasting in opsets < 7) need the shapes
-            model = onnx.shape_inference.infer_shapes(model)
-        except Exception:  # noqa: BLE001 - the converter will say what it misses
-            pass
-        try:
             model = version_converter.convert_version(model, MIN_OPSET)
         except Exception as exc:
             raise UnsupportedModelError(
