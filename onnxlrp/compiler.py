@@ -170,30 +170,17 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     sum_outputs = []
     for node in reversed(path):
         relevance_out = [_gather(b, received.pop(o, None), node.name) if o else None for o in node.output]
-        if node is contrastive_layer:
-            b.set_scope(node.name)
-            ctx = NodeContext(node=by_name[node.name], graph=fwd, b=b, rule=rules.get(node.name),
-                              relevance_out=[None], live=[bool(i) and i in live for i in node.input])
-            sent_to_input, start = contrastive_relevance(ctx, extra_outputs[0].name, int(logits_shape[1]))
-            received.setdefault(node.input[0], []).append(sent_to_input)
-            if layer_sums:
-                sum_outputs.append(_layer_sum(b, sent_to_input, node.name))
-            continue
-        if not any(relevance_out):
+        contrastive = node is contrastive_layer
+        if not contrastive and not any(relevance_out):
             continue
         rule = rules.get(node.name)
-        handler = handler_for(node.op_type)
-        if handler is None and isinstance(rule, Pass):
-            handler = _declared_pass
-        elif handler is None and isinstance(rule, Norm):
-            handler = _declared_linear_map
-        if handler is None or node.domain not in ("", "ai.onnx"):
-            domain = f" from domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
-            raise UnsupportedOpError(node.op_type, node.name, f"no relevance handler{domain}")
         b.set_scope(node.name)
         ctx = NodeContext(node=by_name[node.name], graph=fwd, b=b, rule=rule, relevance_out=relevance_out,
                           live=[bool(i) and i in live for i in node.input])
-        sent = handler(ctx)
+        if contrastive:  # the relevance starts here, on the pairwise difference layer
+            sent, start = contrastive_relevance(ctx, extra_outputs[0].name, int(logits_shape[1]))
+        else:
+            sent = _handler(node, rule)(ctx)
         for name, relevance in zip(node.input, sent):
             if relevance is not None and name in live:
                 received.setdefault(name, []).append(relevance)
@@ -243,6 +230,19 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         layer_rules=layer_rules, layer_sum_outputs=sum_outputs if layer_sums else [])
     _write_metadata(compiled, composite, mode)
     return compiled
+
+
+def _handler(node: onnx.NodeProto, rule: Rule | None):
+    """The op's registered handler, else the treatment the composite declared for it, else a clear error."""
+    handler = handler_for(node.op_type)
+    if handler is None and isinstance(rule, Pass):
+        handler = _declared_pass
+    elif handler is None and isinstance(rule, Norm):
+        handler = _declared_linear_map
+    if handler is None or node.domain not in ("", "ai.onnx"):
+        domain = f" from domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+        raise UnsupportedOpError(node.op_type, node.name, f"no relevance handler{domain}")
+    return handler
 
 
 def _refuse_control_flow(model: onnx.ModelProto) -> None:

@@ -10,6 +10,8 @@ row is zero and carries no relevance).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .errors import UnsupportedModelError
@@ -102,10 +104,10 @@ def start_relevance(ctx: NodeContext, layer: PairwiseMap, target: str, n_classes
     return b.op("Mul", [layer.z, weights], hint="start")
 
 
-def contrastive_relevance(ctx: NodeContext, target: str, n_classes: int) -> tuple[str, str]:
-    """(relevance sent to the dense layer's input, the start relevance on the pairwise outputs)."""
+def contrastive_relevance(ctx: NodeContext, target: str, n_classes: int) -> tuple[list, str]:
+    """(relevance per input of the dense layer, as a handler returns it; the start relevance on the
+    pairwise outputs)."""
     layer = PairwiseMap(ctx, target)
     start = start_relevance(ctx, layer, target, n_classes)
-    pairwise_ctx = NodeContext(ctx.node, ctx.graph, ctx.b, ctx.rule, [start], ctx.live)
-    layer.ctx = pairwise_ctx
-    return propagate(pairwise_ctx, layer, ctx.rule), start
+    layer.ctx = replace(ctx, relevance_out=[start])
+    return [propagate(layer.ctx, layer, ctx.rule)] + [None] * (len(ctx.node.input) - 1), start

@@ -7,6 +7,8 @@ all relevance goes to the signal.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..errors import UnsupportedOpError
 from .context import NodeContext
 from .registry import register
@@ -84,7 +86,7 @@ def scale(ctx: NodeContext):
                                  "gate computed from the other (as in squeeze-excitation or x * sigmoid(x)) has no "
                                  "relevance rule")
     signal_only = [is_live and i != gate for i, is_live in enumerate(ctx.live)]
-    return _pass_to_live(NodeContext(ctx.node, ctx.graph, ctx.b, ctx.rule, ctx.relevance_out, signal_only))
+    return _pass_to_live(replace(ctx, live=signal_only))
 
 
 @register("Concat")
