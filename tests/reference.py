@@ -11,18 +11,25 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 
-def single_op_model(op_type, x_shape, inits: dict, attrs: dict, dtype=TensorProto.FLOAT, y_shape=None):
-    """x -> op(x, *inits) -> Flatten -> logits, so that the op's output relevance can be set directly."""
+def single_op_model(op_type, x_shape, inits: dict, attrs: dict, dtype=TensorProto.FLOAT, y_shape=None, opset=17,
+                    n_outputs=1):
+    """x -> op(x, *inits) -> Flatten -> logits, so that the op's output relevance can be set directly
+    (several outputs are flattened and concatenated)."""
     init_names = list(inits)
-    nodes = [helper.make_node(op_type, ["x"] + init_names, ["y"], name="layer", **attrs),
-             helper.make_node("Flatten", ["y"], ["logits"], name="flatten", axis=1)]
+    outputs = ["y"] if n_outputs == 1 else [f"y{j}" for j in range(n_outputs)]
+    nodes = [helper.make_node(op_type, ["x"] + init_names, outputs, name="layer", **attrs)]
+    if n_outputs == 1:
+        nodes.append(helper.make_node("Flatten", ["y"], ["logits"], name="flatten", axis=1))
+    else:
+        nodes += [helper.make_node("Flatten", [y], [f"{y}_flat"], axis=1) for y in outputs]
+        nodes.append(helper.make_node("Concat", [f"{y}_flat" for y in outputs], ["logits"], axis=1))
     np_dtype = np.float32 if dtype == TensorProto.FLOAT else np.float64
     initializers = [numpy_helper.from_array(np.asarray(v, dtype=np_dtype if np.asarray(v).dtype.kind == "f" else None), k)
                     for k, v in inits.items()]
     graph = helper.make_graph(nodes, "single", [helper.make_tensor_value_info("x", dtype, ["N"] + list(x_shape[1:]))],
                               [helper.make_tensor_value_info("logits", dtype, None)], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
     return model
 
 

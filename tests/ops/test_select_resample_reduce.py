@@ -4,25 +4,14 @@ References are finite-difference Jacobians of onnx's float64 reference evaluator
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from reference import jacobian_fd, rel_l2, run_reference, stab
+from reference import jacobian_fd, rel_l2, run_reference, single_op_model, stab
 
 from onnxlrp import Explainer, composites, rules
 from onnxlrp.errors import UnsupportedOpError
 
 
 def _model(op, x_shape, inits=(), attrs=None, opset=18, n_outputs=1):
-    names = ["x"] + [k for k, _ in inits]
-    outs = [f"y{j}" for j in range(n_outputs)]
-    nodes = [helper.make_node(op, names, outs, name="layer", **(attrs or {}))]
-    nodes += [helper.make_node("Flatten", [o], [f"f{j}"], axis=1) for j, o in enumerate(outs)]
-    nodes.append(helper.make_node("Concat", [f"f{j}" for j in range(n_outputs)], ["logits"], axis=1))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                         ["N"] + list(x_shape[1:]))],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 9
-    return model
+    return single_op_model(op, x_shape, dict(inits), attrs or {}, opset=opset, n_outputs=n_outputs)
 
 
 def _explain(model, x, relevance):
