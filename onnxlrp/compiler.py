@@ -31,6 +31,7 @@ from .rules import Norm, Pass, Rule
 
 LAYER_SUM_PREFIX = "lrp_sum/"
 LAYER_ABS_SUM_PREFIX = "lrp_abs/"  # the sum of |R| beside each sum: the share of negative relevance
+LAYER_RELEVANCE_PREFIX = "lrp_relevance/"  # the whole relevance tensor at a layer's input
 
 
 @dataclass
@@ -46,6 +47,7 @@ class CompiledExplainer:
     n_classes: int
     layer_rules: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, rule)
     layer_sum_outputs: list[str] = field(default_factory=list)
+    layer_relevance_outputs: list[str] = field(default_factory=list)  # output, layers top-down, inputs
 
 
 def layers_on_path(fwd: ForwardGraph, path_nodes: list[onnx.NodeProto], primary: str | None = None) -> list[Layer]:
@@ -123,8 +125,12 @@ def explained_inputs(fwd: ForwardGraph, inputs: list[str] | None = None) -> list
 
 def compile_explainer(model, composite: Composite | str | None = None, mode: str = "logit",
                       output: int | str | None = None, inputs: list[str] | None = None,
-                      layer_sums: bool = False) -> CompiledExplainer:
-    """Build the explainer model in memory. `model`: a path or an onnx.ModelProto."""
+                      layer_sums: bool = False, layer_relevances: bool = False) -> CompiledExplainer:
+    """Build the explainer model in memory. `model`: a path or an onnx.ModelProto.
+
+    layer_sums: also output sum(R) and sum(|R|) per sample at every weighted layer's input.
+    layer_relevances: also output the whole relevance tensor at every weighted layer's input.
+    """
     composite = composites_module.get(composite)
     proto = load_model(model)
     canonical: CanonicalModel = canonicalize(proto, output)
@@ -167,7 +173,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             raise UnsupportedModelError(f"mode 'contrastive' needs a dense layer (Gemm/MatMul) right under the "
                                         f"logits '{logits}' and at least two classes; here they come from {found}")
     received: dict[str, list[str]] = {logits: [start]} if start else {}
-    sum_outputs = []
+    sum_outputs, layer_relevance = [], []   # top-down
     for node in reversed(path):
         relevance_out = [_gather(b, received.pop(o, None), node.name) if o else None for o in node.output]
         contrastive = node is contrastive_layer
@@ -186,6 +192,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
                 received.setdefault(name, []).append(relevance)
         if layer_sums and node.op_type in WEIGHTED:
             sum_outputs.append(_layer_sum(b, sent[0], node.name))
+        if layer_relevances and node.op_type in WEIGHTED:
+            layer_relevance.append((node.name, sent[0], node.input[0]))
 
     relevance_outputs = {}
     graph_outputs = [_with_dynamic_batch(v) for v in canonical.model.graph.output]
@@ -210,6 +218,17 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM]))
         for name in sum_outputs:
             graph_outputs.append(helper.make_tensor_value_info(abs_sum_name(name), TensorProto.FLOAT, [BATCH_DIM]))
+    relevance_outputs_by_layer = []
+    if layer_relevances:
+        first = [("output", start, logits)] + layer_relevance
+        last = [(f"input/{name}", relevance_outputs[name], name) for name in explained]
+        for label, relevance, forward_tensor in first + last:
+            name = f"{LAYER_RELEVANCE_PREFIX}{label}"
+            b.nodes.append(helper.make_node("Identity", [relevance], [name], name=f"lrp/{name}"))
+            shape = fwd.shape(forward_tensor)
+            dims = [BATCH_DIM] + list(shape[1:]) if shape else None
+            graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+            relevance_outputs_by_layer.append(name)
     graph_outputs.extend(extra_outputs)
 
     graph = helper.make_graph(
@@ -227,7 +246,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         output_names=canonical.output_names, relevance_outputs=relevance_outputs,
         target_output=extra_outputs[0].name if extra_outputs else None, logits=logits,
         n_classes=int(logits_shape[1]),
-        layer_rules=layer_rules, layer_sum_outputs=sum_outputs if layer_sums else [])
+        layer_rules=layer_rules, layer_sum_outputs=sum_outputs if layer_sums else [],
+        layer_relevance_outputs=relevance_outputs_by_layer)
     _write_metadata(compiled, composite, mode)
     return compiled
 
@@ -312,7 +332,7 @@ def _write_metadata(compiled: CompiledExplainer, composite, mode: str) -> None:
         "inputs": compiled.inputs, "target_input": compiled.target_input, "custom_input": compiled.custom_input,
         "outputs": compiled.output_names, "relevance_outputs": compiled.relevance_outputs,
         "target_output": compiled.target_output, "logits": compiled.logits,
-        "layer_sum_outputs": compiled.layer_sum_outputs,
+        "layer_sum_outputs": compiled.layer_sum_outputs, "layer_relevance_outputs": compiled.layer_relevance_outputs,
     }
     entry = compiled.model.metadata_props.add()
     entry.key, entry.value = "onnxlrp", json.dumps(info)

@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from . import composites as composites_module
 from .compiler import CompiledExplainer, abs_sum_name, compile_explainer
@@ -21,6 +23,10 @@ class Explanation:
     relevances: dict[str, np.ndarray] = field(default_factory=dict)  # every explained input
     layer_sums: dict[str, np.ndarray] = field(default_factory=dict)  # per layer, when asked for
     layer_abs_sums: dict[str, np.ndarray] = field(default_factory=dict)  # sum of |R|, same keys
+    layer_relevances: dict[str, np.ndarray] = field(default_factory=dict)  # whole tensors, when asked for
+
+    # With several targets per sample (top_k, or a [batch, k] target) every per-sample array above has
+    # a second axis of length k after the batch axis: relevance[i, j] explains target[i, j].
 
 
 class Explainer:
@@ -33,15 +39,23 @@ class Explainer:
 
     def __init__(self, model, composite=None, providers=None, output=None, inputs=None,
                  session_options: ort.SessionOptions | None = None, layer_sums: bool = False,
-                 threads: int | None = None):
+                 threads: int | None = None, layer_relevances: bool = False):
         self.model = load_model(model)
         self.composite = composites_module.get(composite)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.output = output
         self.explained_inputs = inputs
         self.layer_sums = layer_sums
+        self.layer_relevances = layer_relevances
         self.session_options = session_options or _default_session_options(threads)
         self._compiled: dict[str, tuple[CompiledExplainer, ort.InferenceSession]] = {}
+        self._forward: ort.InferenceSession | None = None
+
+    def with_composite(self, composite) -> "Explainer":
+        """The same model, providers and options with another composite (compiled anew)."""
+        return Explainer(self.model, composite=composite, providers=self.providers, output=self.output,
+                         inputs=self.explained_inputs, session_options=self.session_options,
+                         layer_sums=self.layer_sums, layer_relevances=self.layer_relevances)
 
     def compiled(self, mode: str = "logit") -> CompiledExplainer:
         return self._session(mode)[0]
@@ -51,19 +65,45 @@ class Explainer:
             raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         if mode not in self._compiled:
             compiled = compile_explainer(self.model, composite=self.composite, mode=mode, output=self.output,
-                                         inputs=self.explained_inputs, layer_sums=self.layer_sums)
+                                         inputs=self.explained_inputs, layer_sums=self.layer_sums,
+                                         layer_relevances=self.layer_relevances)
             session = ort.InferenceSession(compiled.model.SerializeToString(), self.session_options,
                                            providers=self.providers)
             self._compiled[mode] = (compiled, session)
         return self._compiled[mode]
 
+    def logits(self, x, batch_size: int | None = None) -> np.ndarray:
+        """The explained output (the logits) for a batch, from the plain forward model: the explainer's own
+        forward nodes alone, without any relevance node."""
+        compiled, session = self._session("logit")
+        if self._forward is None:
+            self._forward = ort.InferenceSession(forward_model(compiled).SerializeToString(), self.session_options,
+                                                 providers=self.providers)
+        feeds = self._feeds(compiled, session, x)
+        n = next(iter(feeds.values())).shape[0]
+        step = batch_size or n
+        return np.concatenate([self._forward.run(None, {k: v[i:i + step] for k, v in feeds.items()})[0]
+                               for i in range(0, n, step)], axis=0)
+
     def explain(self, x, target=None, mode: str = "logit", output_relevance=None,
-                batch_size: int | None = None) -> Explanation:
+                batch_size: int | None = None, top_k: int | None = None) -> Explanation:
         """Explain a batch. `x`: an array (single-input models) or a dict input name -> array.
 
-        target: None (the predicted class), an int for every sample, or one int per sample.
-        mode: "logit" (default), "one", "prob", or "custom" with `output_relevance` shaped like the logits.
+        target: None (the predicted class), an int for every sample, one int per sample, or a
+            [batch, k] array of ints: k explanations per sample in one call.
+        top_k: explain each sample's k highest-scoring classes, best first (instead of target).
+        mode: "logit" (default), "one", "prob", "contrastive", or "custom" with `output_relevance`
+            shaped like the logits.
         """
+        if top_k is not None:
+            if target is not None:
+                raise InputError("give either target or top_k, not both")
+            scores = self.logits(x, batch_size)
+            if not 1 <= top_k <= scores.shape[1]:
+                raise InputError(f"top_k must be between 1 and the number of classes ({scores.shape[1]}); got {top_k}")
+            target = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        if target is not None and np.ndim(target) == 2:
+            return self._explain_several(x, np.asarray(target), mode, batch_size)
         compiled, session = self._session(mode)
         feeds = self._feeds(compiled, session, x)
         n = next(iter(feeds.values())).shape[0]
@@ -90,9 +130,33 @@ class Explainer:
             relevances=relevances,
             layer_sums={name: merged[name] for name in compiled.layer_sum_outputs},
             layer_abs_sums={name: merged[abs_sum_name(name)] for name in compiled.layer_sum_outputs},
+            layer_relevances={name: merged[name] for name in compiled.layer_relevance_outputs},
         )
 
     __call__ = explain
+
+    def _explain_several(self, x, targets: np.ndarray, mode: str, batch_size: int | None) -> Explanation:
+        """k targets per sample: every sample repeated k times in one batch, then split back to [n, k, ...]."""
+        arrays = x if isinstance(x, dict) else {None: x}
+        n = len(next(iter(arrays.values())))
+        if targets.shape[0] != n or targets.dtype.kind not in "iu":
+            raise InputError(f"a 2-D target must be ints shaped [batch={n}, k]; got {targets.shape} {targets.dtype}")
+        k = targets.shape[1]
+        repeated = {name: np.repeat(np.asarray(value), k, axis=0) for name, value in arrays.items()}
+        flat = self.explain(repeated if isinstance(x, dict) else repeated[None], target=targets.reshape(-1),
+                            mode=mode, batch_size=batch_size)
+
+        def split(array):
+            return array.reshape((n, k) + array.shape[1:])
+
+        return Explanation(
+            relevance=split(flat.relevance), outputs=[split(o)[:, 0] for o in flat.outputs],
+            target=split(flat.target) if flat.target is not None else None,
+            relevances={name: split(v) for name, v in flat.relevances.items()},
+            layer_sums={name: split(v) for name, v in flat.layer_sums.items()},
+            layer_abs_sums={name: split(v) for name, v in flat.layer_abs_sums.items()},
+            layer_relevances={name: split(v) for name, v in flat.layer_relevances.items()},
+        )
 
     def _feeds(self, compiled: CompiledExplainer, session, x) -> dict[str, np.ndarray]:
         declared = {i.name: i for i in session.get_inputs()}
@@ -127,6 +191,32 @@ class Explainer:
         if batch == 0:
             raise InputError("the batch is empty")
         return feeds
+
+
+def forward_model(compiled: CompiledExplainer) -> onnx.ModelProto:
+    """The compiled explainer cut down to the nodes the logits need: the plain (canonical) forward model,
+    with the model's inputs and the logits as its one output."""
+    graph = compiled.model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    needed, stack, keep = set(), [compiled.logits], []
+    while stack:
+        name = stack.pop()
+        node = producers.get(name)
+        if name in needed or node is None:
+            continue
+        needed.add(name)
+        keep.append(node)
+        stack.extend(i for i in node.input if i)
+    order = {id(node): k for k, node in enumerate(graph.node)}
+    nodes = sorted({id(n): n for n in keep}.values(), key=lambda n: order[id(n)])
+    used = {i for node in nodes for i in node.input}
+    inputs = [v for v in graph.input if v.name in compiled.inputs]
+    logits = helper.make_tensor_value_info(compiled.logits, TensorProto.FLOAT, ["batch", compiled.n_classes])
+    forward = helper.make_graph(nodes, "onnxlrp_forward", inputs, [logits],
+                                initializer=[t for t in graph.initializer if t.name in used])
+    model = helper.make_model(forward, opset_imports=list(compiled.model.opset_import))
+    model.ir_version = compiled.model.ir_version
+    return model
 
 
 def _default_session_options(threads: int | None) -> ort.SessionOptions:

@@ -33,6 +33,21 @@ def single_op_model(op_type, x_shape, inits: dict, attrs: dict, dtype=TensorProt
     return model
 
 
+def dense_model(layers):
+    """x -> Gemm (-> Relu -> Gemm ...) -> logits, from [(W, b), ...]."""
+    nodes, inits, current = [], [], "x"
+    for i, (w, b) in enumerate(layers):
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"), numpy_helper.from_array(b.astype(np.float32), f"b{i}")]
+        out = "logits" if i == len(layers) - 1 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out], transB=1, name=f"dense{i}"))
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"relu{i}"))
+            current = f"r{i}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", layers[0][0].shape[1]])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def run_reference(model: onnx.ModelProto, x: np.ndarray, output: str | None = None) -> np.ndarray:
     """Run a model in float64 with onnx.reference (initialisers and input cast to float64)."""
     model64 = to_float64(model)

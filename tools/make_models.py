@@ -109,6 +109,21 @@ def tiny_resnet() -> onnx.ModelProto:
                    ["N", 10], last)
 
 
+def small_vgg() -> onnx.ModelProto:
+    """Wider than tiny_vgg (32-64 channels): enough channels per location for the convergence check."""
+    g = GraphMaker(seed=5)
+    h = "image"
+    for c_in, c_out, pool in [(3, 32, False), (32, 32, True), (32, 64, False), (64, 64, True), (64, 64, True)]:
+        h = g.node("Relu", [g.conv(h, c_in, c_out)])
+        if pool:
+            h = g.node("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = g.node("Flatten", [h], axis=1)
+    h = g.node("Relu", [g.dense_gemm(h, 64 * 4 * 4, 64)])
+    last = g.dense_gemm(h, 64, 10)
+    return g.model("small_vgg", helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32]), "logits",
+                   ["N", 10], last)
+
+
 def mlp() -> onnx.ModelProto:
     g = GraphMaker(seed=3)
     h = g.node("Relu", [g.dense_matmul("features", 20, 16)])
@@ -131,7 +146,7 @@ def example_image(path: Path) -> None:
 
 def main() -> None:
     MODELS.mkdir(exist_ok=True)
-    for name, build in [("tiny_vgg", tiny_vgg), ("tiny_resnet", tiny_resnet), ("mlp", mlp)]:
+    for name, build in [("tiny_vgg", tiny_vgg), ("tiny_resnet", tiny_resnet), ("small_vgg", small_vgg), ("mlp", mlp)]:
         onnx.save_model(build(), str(MODELS / f"{name}.onnx"))
         print(f"wrote models/{name}.onnx")
     example_image(MODELS / "example.png")

@@ -1,30 +1,15 @@
 """Conservation report: known answers on a linear model and on a bias-free ReLU net."""
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxlrp import Explainer, composites, rules
 from onnxlrp.checks import conservation
-
-
-def _dense_model(layers):
-    """x -> Gemm (-> Relu -> Gemm ...) -> logits, from [(W, b), ...]."""
-    nodes, inits, current = [], [], "x"
-    for i, (w, b) in enumerate(layers):
-        inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"), numpy_helper.from_array(b.astype(np.float32), f"b{i}")]
-        out = "logits" if i == len(layers) - 1 else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out], transB=1, name=f"dense{i}"))
-        if i < len(layers) - 1:
-            nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"relu{i}"))
-            current = f"r{i}"
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", layers[0][0].shape[1]])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+from reference import dense_model
 
 
 def test_linear_model_by_hand(rng):
     w, b = rng.normal(size=(3, 5)), rng.normal(size=3)
     x = rng.normal(size=(4, 5)).astype(np.float32)
-    explainer = Explainer(_dense_model([(w, b)]), composite=composites.Uniform(rules.LRP0()), layer_sums=True)
+    explainer = Explainer(dense_model([(w, b)]), composite=composites.Uniform(rules.LRP0()), layer_sums=True)
     report = conservation(explainer, x, target=1)
     assert [row.label for row in report.layers] == ["output", "dense0", "input/x"]
     z = x @ w[1] + b[1]
@@ -40,7 +25,7 @@ def test_bias_free_relu_net_conserves_and_zplus_is_positive(rng, tmp_path):
     layers = [(rng.normal(size=(8, 6)), np.zeros(8)), (rng.normal(size=(6, 8)), np.zeros(6)),
               (rng.normal(size=(3, 6)), np.zeros(3))]
     x = rng.uniform(0.1, 1.0, size=(5, 6)).astype(np.float32)
-    model = _dense_model(layers)
+    model = dense_model(layers)
     report = conservation(Explainer(model, composite=composites.Uniform(rules.LRP0()), layer_sums=True), x)
     for row in report.layers:
         np.testing.assert_allclose(row.relative_sum, 1.0, rtol=1e-4)

@@ -1,0 +1,56 @@
+"""Cosine-similarity convergence: the statistic's known answers, and the published qualitative result
+(ZPlus converges towards 1 in the lower layers, LRP-0/epsilon stay far from it)."""
+import numpy as np
+import pytest
+
+from onnxlrp import Explainer
+from onnxlrp.checks import convergence
+from onnxlrp.checks.convergence import channel_vectors, median_abs_pair_cosine
+
+
+def test_pair_cosine_known_answers(rng):
+    direction = rng.normal(size=16)
+    parallel = np.stack([direction * s for s in (1.0, -2.0, 0.5)])[:, None, :]   # [M=3, 1 location, C]
+    assert median_abs_pair_cosine(parallel) == pytest.approx(1.0)
+    orthogonal = np.eye(4)[:, None, :]
+    assert median_abs_pair_cosine(orthogonal) == 0.0
+    with_zero = np.concatenate([parallel, np.zeros((1, 1, 16))])                  # no angle: left out
+    assert median_abs_pair_cosine(with_zero) == pytest.approx(1.0)
+    # random vectors: cos ~ N(0, 1/C), so the median |cos| is about 0.6745 / sqrt(C)
+    random = rng.normal(size=(20, 200, 64))
+    assert median_abs_pair_cosine(random) == pytest.approx(0.6745 / 8, rel=0.08)
+
+
+def test_channel_vectors_per_location():
+    relevance = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
+    vectors = channel_vectors(relevance, 1)
+    assert vectors.shape == (2, 4, 3)
+    np.testing.assert_array_equal(vectors[1, 3], relevance[1, :, 1, 1])
+    assert channel_vectors(np.ones((2, 5)), 1).shape == (2, 1, 5)
+
+
+def test_zplus_converges_in_the_lower_layers_epsilon_does_not(models_dir, rng):
+    x = rng.uniform(0, 1, size=(2, 3, 32, 32)).astype(np.float32)
+    found = {}
+    for name in ("epsilon", "zplus"):
+        explainer = Explainer(models_dir / "small_vgg.onnx", composite=name, layer_relevances=True)
+        found[name] = convergence(explainer, x, injections=6)
+    conv = [row for row in found["zplus"].layers if row.label.startswith("conv")]
+    lowest_zplus = conv[-1]
+    lowest_epsilon = [row for row in found["epsilon"].layers if row.label.startswith("conv")][-1]
+    assert lowest_zplus.vector_length == 3 and conv[-2].vector_length == 32
+    assert conv[-2].median_abs_cosine > 0.95 and lowest_zplus.median_abs_cosine > 0.95
+    epsilon_conv32 = [row for row in found["epsilon"].layers if row.label.startswith("conv")][-2]
+    assert epsilon_conv32.median_abs_cosine < 0.8
+    assert lowest_epsilon.median_abs_cosine < lowest_zplus.median_abs_cosine
+    for row in found["epsilon"].layers:
+        assert row.baseline < 0.6
+    # class sensitivity: ZPlus gives (almost) the same heatmap for any class, epsilon does not
+    assert found["zplus"].class_sensitivity.min() > 0.9
+    assert found["epsilon"].class_sensitivity.max() < 0.9
+    assert "class sensitivity" in found["zplus"].table()
+
+
+def test_needs_layer_relevances(models_dir):
+    with pytest.raises(ValueError, match="layer_relevances"):
+        convergence(Explainer(models_dir / "tiny_vgg.onnx"), np.zeros((1, 3, 32, 32), np.float32))

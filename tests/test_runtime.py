@@ -1,0 +1,64 @@
+"""Explainer: several targets per sample in one call, whole relevance tensors per layer, the plain
+forward model."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from onnxlrp import Explainer
+from onnxlrp.errors import InputError
+from onnxlrp.runtime import forward_model
+
+
+def test_top_k_gives_one_heatmap_per_class(models_dir, rng):
+    explainer = Explainer(models_dir / "tiny_resnet.onnx")
+    x = rng.normal(size=(3, 3, 32, 32)).astype(np.float32)
+    result = explainer.explain(x, top_k=3)
+    logits = explainer.logits(x)
+    np.testing.assert_array_equal(result.target, np.argsort(-logits, axis=1)[:, :3])
+    assert result.relevance.shape == (3, 3, 3, 32, 32)
+    np.testing.assert_allclose(result.outputs[0], logits, rtol=1e-5, atol=1e-6)
+    for j in range(3):
+        single = explainer.explain(x, target=result.target[:, j])
+        np.testing.assert_allclose(result.relevance[:, j], single.relevance, rtol=1e-5, atol=1e-7)
+
+
+def test_two_dimensional_target_and_bad_requests(models_dir, rng):
+    explainer = Explainer(models_dir / "tiny_vgg.onnx")
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    result = explainer.explain(np.concatenate([x, x]), target=np.array([[1, 4], [0, 9], [1, 4], [0, 9]]),
+                               mode="prob", batch_size=3)
+    assert result.target.tolist() == [[1, 4], [0, 9], [1, 4], [0, 9]]
+    np.testing.assert_allclose(result.relevance[:2], result.relevance[2:], rtol=1e-6)
+    with pytest.raises(InputError, match="either target or top_k"):
+        explainer.explain(x, target=1, top_k=2)
+    with pytest.raises(InputError, match="top_k"):
+        explainer.explain(x, top_k=11)
+    with pytest.raises(InputError, match="2-D target"):
+        explainer.explain(x, target=np.zeros((3, 2), int))
+
+
+def test_layer_relevances_are_the_tensors_behind_the_layer_sums(models_dir, rng):
+    explainer = Explainer(models_dir / "tiny_vgg.onnx", layer_sums=True, layer_relevances=True)
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    result = explainer.explain(x)
+    compiled = explainer.compiled()
+    labels = [name.split("/", 1)[1] for name in compiled.layer_relevance_outputs]
+    assert labels[0] == "output" and labels[-1] == "input/image"
+    for name, tensor in result.layer_relevances.items():
+        label = name.split("/", 1)[1]
+        np.testing.assert_allclose(tensor.reshape(2, -1).sum(1), result.layer_sums[f"lrp_sum/{label}"], rtol=1e-4,
+                                   atol=1e-6)
+    np.testing.assert_array_equal(result.layer_relevances["lrp_relevance/input/image"], result.relevance)
+    assert result.layer_relevances[compiled.layer_relevance_outputs[2]].shape == (2, 16 * 8 * 8)  # the first dense layer's input
+
+
+def test_forward_model_is_the_plain_model(models_dir, rng):
+    explainer = Explainer(models_dir / "tiny_vgg.onnx")
+    forward = forward_model(explainer.compiled())
+    assert not any(node.name.startswith("lrp/") for node in forward.graph.node)
+    assert [i.name for i in forward.graph.input] == ["image"]
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(forward.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"image": x})[0]
+    probabilities = explainer.explain(x).outputs[0]
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probabilities, rtol=1e-5)
