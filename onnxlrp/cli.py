@@ -104,7 +104,6 @@ def cmd_compile(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .heatmap import save_array, save_heatmap
     from .inputs import channels_last, load_input
     from .runtime import Explainer
 
@@ -133,20 +132,40 @@ def cmd_explain(args) -> int:
             continue
         batch = {primary: np.stack(samples)}
         batch.update({name: np.repeat(value, len(samples), axis=0) for name, value in fixed.items()})
-        result = explainer.explain(batch if fixed else batch[primary], target=args.target, mode=args.mode)
+        result = explainer.explain(batch if fixed else batch[primary], target=args.target, mode=args.mode,
+                                   top_k=args.top_k)
         for i, path in enumerate(batch_paths):
-            relevance = result.relevances[primary][i]
-            save_array(relevance, out / f"{path.stem}.relevance.npy")
-            for name, other in result.relevances.items():
-                if name != primary:
-                    save_array(other[i], out / f"{path.stem}.relevance.{_safe(name)}.npy")
-            save_heatmap(relevance, out / f"{path.stem}.heatmap.png", channel_axis=-1 if last else 0)
-            target = int(result.target[i]) if result.target is not None else None
-            print(f"{path}: class {target}, relevance sum {float(relevance.sum()):.6g} -> "
-                  f"{out / (path.stem + '.heatmap.png')}")
+            _write_explanation(result, i, path, primary, out, channel_axis=-1 if last else 0,
+                               sample=batch[primary][i])
             done += 1
     print(f"explained {done} input(s), {failures} failed; results in {out}/")
     return 1 if failures else 0
+
+
+def _write_explanation(result, i: int, path: Path, primary: str, out: Path, channel_axis: int, sample) -> None:
+    """OUT/<stem>.relevance.npy, .heatmap.png and .overlay.png; with several targets (top-k) one set per
+    class, <stem>.class<c>.*, and a grid <stem>.targets.png of the overlays side by side."""
+    from .heatmap import save_array, save_heatmap
+    from .pictures import grid, overlay, save_image
+
+    several = result.target is not None and result.target.ndim == 2
+    targets = [int(t) for t in result.target[i]] if several else [
+        int(result.target[i]) if result.target is not None else None]
+    tiles = []
+    for j, target in enumerate(targets):
+        stem = f"{path.stem}.class{target}" if several else path.stem
+        relevance = result.relevances[primary][i, j] if several else result.relevances[primary][i]
+        save_array(relevance, out / f"{stem}.relevance.npy")
+        for name, other in result.relevances.items():
+            if name != primary:
+                save_array(other[i, j] if several else other[i], out / f"{stem}.relevance.{_safe(name)}.npy")
+        save_heatmap(relevance, out / f"{stem}.heatmap.png", channel_axis=channel_axis)
+        if np.ndim(sample) == 3:
+            tiles.append(overlay(relevance, sample, channel_axis))
+            save_image(tiles[-1], out / f"{stem}.overlay.png")
+        print(f"{path}: class {target}, relevance sum {float(relevance.sum()):.6g} -> {out / (stem + '.heatmap.png')}")
+    if several and tiles:
+        save_image(grid([tiles], [f"class {t}" for t in targets]), out / f"{path.stem}.targets.png")
 
 
 def _safe(name: str) -> str:
@@ -176,14 +195,25 @@ def _dims(compiled, name: str) -> list:
     return list(next(v for v in compiled.model.graph.input if v.name == name).type.tensor_type.shape.dim)
 
 
+CHECK_NAMES = ("heatmaps", "conservation", "pixel-flipping", "randomisation", "convergence", "continuity")
+
+
+def _check_names(text: str) -> list[str]:
+    names = [name.strip().lower().replace("_", "-") for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CHECK_NAMES + ("all",)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown check {', '.join(unknown) or text!r}; choose from all, "
+                                         + ", ".join(CHECK_NAMES))
+    return list(CHECK_NAMES) if "all" in names else list(dict.fromkeys(names))
+
+
 def cmd_evaluate(args) -> int:
-    from .checks import conservation
-    from .heatmap import save_atomic
-    from .inputs import load_input
+    from .evaluate import Evaluation, run
+    from .inputs import channels_last, load_input
     from .runtime import Explainer
 
     explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
-                          inputs=_model_inputs(args), threads=args.threads, layer_sums=True)
+                          inputs=_model_inputs(args), threads=args.threads)
     compiled = explainer.compiled(args.mode)
     primary = next(iter(compiled.relevance_outputs))
     if len(compiled.inputs) != 1:
@@ -197,15 +227,14 @@ def cmd_evaluate(args) -> int:
             print(f"error: {exc} (skipped)", file=sys.stderr)
     if not samples:
         raise OnnxLrpError("no input could be read")
-    report = conservation(explainer, np.stack(samples), target=args.target, mode=args.mode)
-    out = Path(args.out)
-    text = (f"# Conservation and positivity\n\nmodel `{args.model}`, composite `{explainer.composite!r}`, mode "
-            f"`{args.mode}`, {len(samples)} input(s)\n\n{report.table()}\n")
-    if report.plot(out / "conservation.png"):
-        text += "\n![relative development of the relevance sum](conservation.png)\n"
-    save_atomic(out / "conservation.md", lambda tmp: Path(tmp).write_text(text))
-    print(report.table())
-    print(f"report: {out / 'conservation.md'}")
+    evaluation = Evaluation(model=args.model, explainer=explainer, x=np.stack(samples), channels_last=channels_last(shape),
+                            out=Path(args.out), target=args.target, mode=args.mode, seed=args.seed,
+                            patch_size=args.patch_size, perturbation=args.perturbation, steps=args.steps,
+                            order=args.order, max_layers=args.max_layers, injections=args.injections,
+                            show_progress=not args.quiet)
+    report = run(evaluation, args.checks)
+    print(report.read_text())
+    print(f"report: {report}")
     return 0
 
 
@@ -238,10 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="explain images or .npy inputs: heatmap PNGs and relevance .npy",
                        description="Explain each INPUT (an image or a .npy array of one sample). Images are "
                        "converted to RGB, resized to the model's input size, scaled to [0, 1], then normalised "
-                       "with --mean/--std if given. Writes OUT/<name>.heatmap.png and OUT/<name>.relevance.npy.")
+                       "with --mean/--std if given. Writes OUT/<name>.heatmap.png, OUT/<name>.overlay.png "
+                       "(the heatmap over the input, for image-shaped inputs) and OUT/<name>.relevance.npy.")
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="explain each input's K highest-scoring classes in one run: one heatmap per class "
+                   "(<name>.class<c>.*) and a side-by-side grid <name>.targets.png")
     p.add_argument("--out", default="heatmaps", help="output folder (default heatmaps/)")
     p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"], help="where the explanation starts")
     p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean, e.g. 0.485,0.456,0.406")
@@ -253,11 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_composite_options(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted",
-                       description="Run a check on MODEL over INPUT files and write a Markdown report (with plots "
-                       "when matplotlib is installed). conservation: the sum of relevance at every layer relative "
-                       "to the output relevance, and the share of negative relevance per layer.")
-    p.add_argument("check", choices=["conservation"], help="which check")
+    p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted, as a report",
+                       description="Run checks on MODEL over the INPUT files and write OUT/report.md with its "
+                       "pictures (plots need matplotlib). Checks: heatmaps (overlays of this composite and others), "
+                       "conservation (relevance sum and negative share per layer), pixel-flipping (MoRF/LeRF "
+                       "region perturbation, AOPC, ABPC, against random and gradient x input orderings), "
+                       "randomisation (Adebayo et al.'s model-parameter randomisation), convergence "
+                       "(cosine-similarity convergence, class sensitivity), continuity, or all. "
+                       "docs/checks.md explains how to read each.")
+    p.add_argument("checks", type=_check_names, metavar="CHECK[,CHECK...]",
+                   help="one or more, comma-separated, of: all, " + ", ".join(CHECK_NAMES))
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
@@ -266,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean for images")
     p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std for images")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    group = p.add_argument_group("pixel-flipping")
+    group.add_argument("--patch-size", type=int, default=4, help="side of the square patches in pixels (default 4)")
+    group.add_argument("--perturbation", default="uniform", choices=["uniform", "blur", "constant"],
+                       help="what replaces a patch: uniform noise over the input's range, a Gaussian blur of the "
+                       "input, or 0 (default uniform)")
+    group.add_argument("--steps", type=int, default=None, help="perturbation steps (default: every patch, at most 100)")
+    group = p.add_argument_group("randomisation and convergence")
+    group.add_argument("--order", default="cascading", choices=["cascading", "independent"],
+                       help="randomise layers from the top cumulatively, or one at a time (default cascading)")
+    group.add_argument("--max-layers", type=int, default=None, help="randomise only the top N layers (default all)")
+    group.add_argument("--injections", type=int, default=8, help="random relevance vectors per input (default 8)")
     _add_composite_options(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -69,7 +69,8 @@ def save_image(image: Image.Image, path):
     return save_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _pyplot():
+def pyplot_or_none():
+    """matplotlib.pyplot on the Agg backend, or None where matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -81,7 +82,7 @@ def _pyplot():
 
 def plot_curves(path, series, xlabel: str, ylabel: str, title: str) -> bool:
     """series: (label, x, y, line style) tuples, drawn on one axes and saved as a PNG."""
-    plt = _pyplot()
+    plt = pyplot_or_none()
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -101,7 +102,7 @@ def plot_curves(path, series, xlabel: str, ylabel: str, title: str) -> bool:
 def plot_layers(path, labels: list[str], series: dict[str, np.ndarray], ylabel: str, title: str,
                 ylim: tuple[float, float] | None = None) -> bool:
     """One line per series over the layers (x axis: the layer labels, output/top layer first)."""
-    plt = _pyplot()
+    plt = pyplot_or_none()
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(labels)), 4))

@@ -183,8 +183,46 @@ def test_wrong_dtype_is_an_input_error(bad, models_dir):
 def test_evaluate_conservation_writes_report(tmp_path, models_dir, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", "conservation", str(models_dir / "tiny_vgg.onnx"), str(models_dir / "example.png"),
-                 "--out", str(out)]) == 0
-    report = (out / "conservation.md").read_text()
+                 "--out", str(out), "--quiet"]) == 0
+    report = (out / "report.md").read_text()
     assert "| output |" in report and "relative sum" in report and "negative share" in report
     assert (out / "conservation.png").stat().st_size > 0
     assert "| output |" in capsys.readouterr().out
+
+
+def test_evaluate_all_checks_write_one_report_with_pictures(tmp_path, models_dir, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "all", str(models_dir / "small_vgg.onnx"), str(models_dir / "example.png"),
+                 "--out", str(out), "--steps", "8", "--max-layers", "2", "--injections", "3", "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    for title in ("## Heatmaps", "## Conservation", "## Selectivity", "## Model-parameter randomisation",
+                  "## Cosine-similarity convergence", "## Continuity"):
+        assert title in report
+    for picture in ("heatmaps.png", "conservation.png", "pixel_flipping.png", "randomisation.png",
+                    "randomisation_heatmaps.png", "convergence.png"):
+        assert f"]({picture})" in report and (out / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_takes_a_comma_separated_list_and_refuses_unknown_checks(tmp_path, models_dir, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "continuity,pixel_flipping", str(models_dir / "mlp.onnx"),
+                 str(models_dir / "example_features.npy"), "--out", str(out), "--patch-size", "1", "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    assert report.index("## Continuity") < report.index("## Selectivity") and "## Heatmaps" not in report
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "conservation,sharpness", str(models_dir / "mlp.onnx"), "x.npy"])
+    assert exit_info.value.code == 2 and "unknown check 'sharpness'" in capsys.readouterr().err
+
+
+def test_explain_top_k_writes_one_heatmap_per_class(tmp_path, models_dir, capsys):
+    out = tmp_path / "heat"
+    assert main(["explain", str(models_dir / "small_vgg.onnx"), str(models_dir / "example.png"), "--top-k", "2",
+                 "--out", str(out)]) == 0
+    classes = [line.split("class ")[1].split(",")[0] for line in capsys.readouterr().out.splitlines() if "class " in line]
+    assert len(classes) == 2
+    for c in classes:
+        for suffix in ("heatmap.png", "overlay.png", "relevance.npy"):
+            assert (out / f"example.class{c}.{suffix}").exists()
+    assert (out / "example.targets.png").exists()
+    assert main(["explain", str(models_dir / "small_vgg.onnx"), str(models_dir / "example.png"), "--top-k", "2",
+                 "--target", "1", "--out", str(out)]) == 2

@@ -38,11 +38,11 @@ class ConservationReport:
 
     def plot(self, path) -> bool:
         """The relative development of the relevance sum over the layers as a PNG; False without matplotlib."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        from ..heatmap import save_atomic
+        from ..pictures import pyplot_or_none
+
+        plt = pyplot_or_none()
+        if plt is None:
             return False
         sums = np.stack([row.relative_sum for row in self.layers])
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(self.layers)), 3.5))
@@ -55,7 +55,6 @@ class ConservationReport:
         ax.set_title("relative development of the relevance sum, output to input")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        from ..heatmap import save_atomic
         save_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
         return True

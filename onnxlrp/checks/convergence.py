@@ -52,14 +52,17 @@ class ConvergenceResult:
                          "explanation does not depend on the class")
         return "\n".join(lines)
 
-    def plot(self, path, name: str = "composite") -> bool:
+    def plot(self, path, name: str = "composite", others: dict[str, "ConvergenceResult"] | None = None) -> bool:
+        """Median |cos| per layer against the random baseline, with other composites' results on the same
+        model beside it (others: name -> result); False without matplotlib."""
         from ..pictures import plot_layers
 
-        labels = [row.label for row in self.layers]
-        return plot_layers(path, labels, {name: np.array([r.median_abs_cosine for r in self.layers]),
-                                          "random baseline": np.array([r.baseline for r in self.layers])},
-                           ylabel="median |cosine similarity|", title="cosine-similarity convergence, logits to input",
-                           ylim=(0, 1.02))
+        series = {name: np.array([r.median_abs_cosine for r in self.layers])}
+        for other_name, other in (others or {}).items():
+            series[other_name] = np.array([r.median_abs_cosine for r in other.layers])
+        series["random baseline"] = np.array([r.baseline for r in self.layers])
+        return plot_layers(path, [row.label for row in self.layers], series, ylabel="median |cosine similarity|",
+                           title="cosine-similarity convergence, logits to input", ylim=(0, 1.02))
 
 
 def channel_vectors(relevance: np.ndarray, channel_axis: int = 1) -> np.ndarray:
