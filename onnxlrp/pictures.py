@@ -89,14 +89,7 @@ def plot_curves(path, series, xlabel: str, ylabel: str, title: str) -> bool:
     for label, xs, ys, style in series:
         ax.plot(xs, ys, style, label=label, linewidth=1.5)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, ylabel, title)
 
 
 def plot_layers(path, labels: list[str], series: dict[str, np.ndarray], ylabel: str, title: str,
@@ -112,6 +105,11 @@ def plot_layers(path, labels: list[str], series: dict[str, np.ndarray], ylabel: 
     ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
     if ylim:
         ax.set_ylim(*ylim)
+    return _finish(plt, fig, ax, path, ylabel, title)
+
+
+def _finish(plt, fig, ax, path, ylabel: str, title: str) -> bool:
+    """Label, grid and legend; write the PNG atomically."""
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

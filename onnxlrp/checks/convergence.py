@@ -88,7 +88,9 @@ def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, ch
     """CSC per layer for each sample of `x`, pooled over samples.
 
     explainer: an Explainer made with layer_relevances=True. injections: random start vectors per sample.
-    channel_axis: of the batched tensors (1 for NCHW, -1 for NHWC); dense layers' inputs are one vector.
+    channel_axis: of the batched input (1 for NCHW, -1 for NHWC). Inside the model the channel axis is
+    the op's: 1 at a Conv's input (ONNX convolutions are channels-first, whatever the input layout), the
+    last axis at a Gemm/MatMul's input.
     """
     if not explainer.layer_relevances:
         raise ValueError("convergence needs an Explainer(..., layer_relevances=True)")
@@ -98,6 +100,7 @@ def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, ch
     rng = np.random.default_rng(seed)
     compiled = explainer.compiled("custom")
     rules = {name: rule for name, _, rule in compiled.layer_rules}
+    op_types = {name: op for name, op, _ in compiled.layer_rules}
     pooled: dict[str, list[np.ndarray]] = {}
     bar = progress_bar(total=len(x), desc="cosine-similarity convergence", enabled=show_progress)
     for sample in x:
@@ -105,7 +108,9 @@ def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, ch
         start = rng.standard_normal((injections, compiled.n_classes)).astype(np.float32)
         result = explainer.explain(batch, mode="custom", output_relevance=start)
         for name in compiled.layer_relevance_outputs:
-            vectors = channel_vectors(result.layer_relevances[name], channel_axis)
+            op = op_types.get(name[len(LAYER_RELEVANCE_PREFIX):])
+            axis = channel_axis if op is None else (1 if op.startswith("Conv") else -1)
+            vectors = channel_vectors(result.layer_relevances[name], axis)
             pooled.setdefault(name, []).append(vectors)
         bar.update(1)
     bar.close()

@@ -54,3 +54,26 @@ def test_zplus_converges_in_the_lower_layers_epsilon_does_not(models_dir, rng):
 def test_needs_layer_relevances(models_dir):
     with pytest.raises(ValueError, match="layer_relevances"):
         convergence(Explainer(models_dir / "tiny_vgg.onnx"), np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_channel_axis_inside_a_channels_last_model(rng):
+    """A Keras-style NHWC input transposed to NCHW for the convs: inside the model the channel vectors are
+    the convs' axis 1, only the input's are its last axis."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(5, 16, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("GlobalAveragePool", ["c2"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["logits"])]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 6, 7, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.uniform(0, 1, size=(1, 6, 7, 3)).astype(np.float32)
+    result = convergence(Explainer(model, composite="epsilon", layer_relevances=True), x, injections=3,
+                         channel_axis=-1, class_sensitivity=False)
+    lengths = {row.label: row.vector_length for row in result.layers}
+    assert lengths == {"output": 5, "conv2": 16, "conv1": 3, "input/image": 3}
