@@ -231,6 +231,7 @@ def cmd_evaluate(args) -> int:
                             out=Path(args.out), target=args.target, mode=args.mode, seed=args.seed,
                             patch_size=args.patch_size, perturbation=args.perturbation, steps=args.steps,
                             order=args.order, max_layers=args.max_layers, injections=args.injections,
+                            inject_at=args.inject_at,
                             show_progress=not args.quiet)
     report = run(evaluation, args.checks)
     print(report.read_text())
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="randomise layers from the top cumulatively, or one at a time (default cascading)")
     group.add_argument("--max-layers", type=int, default=None, help="randomise only the top N layers (default all)")
     group.add_argument("--injections", type=int, default=8, help="random relevance vectors per input (default 8)")
+    group.add_argument("--inject-at", default=None, metavar="TENSOR",
+                       help="convergence: inject at this tensor (a node output) instead of the logits")
     _add_composite_options(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -48,6 +48,7 @@ class CompiledExplainer:
     layer_rules: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, rule)
     layer_sum_outputs: list[str] = field(default_factory=list)
     layer_relevance_outputs: list[str] = field(default_factory=list)  # output, layers top-down, inputs
+    start_shape: tuple = ()        # the explained tensor's shape without the batch axis ((n_classes,) for logits)
 
 
 def layers_on_path(fwd: ForwardGraph, path_nodes: list[onnx.NodeProto], primary: str | None = None) -> list[Layer]:
@@ -148,7 +149,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     logits_shape = fwd.shape(logits)
     if fwd.elem_type(logits) != TensorProto.FLOAT:
         raise UnsupportedModelError(f"the logits '{logits}' are not float32; onnxlrp explains float32 models")
-    if logits_shape is None or len(logits_shape) != 2 or logits_shape[1] is None:
+    # custom mode may start anywhere (an inner layer's output, for the convergence check)
+    classifier = logits_shape is not None and len(logits_shape) == 2
+    if not (classifier or mode == "custom") or logits_shape is None or None in logits_shape[1:]:
         raise UnsupportedModelError(f"the logits '{logits}' have shape {logits_shape}; onnxlrp explains classifiers "
                                     "whose logits are [batch, classes] with a fixed number of classes")
     live = fwd.descendants(explained)
@@ -161,7 +164,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
 
     b = Builder()
     taken = {v.name for v in list(canonical.model.graph.input) + list(canonical.model.graph.output)}
-    start, extra_inputs, extra_outputs = build_output_relevance(b, logits, logits_shape[1], mode, taken)
+    start, extra_inputs, extra_outputs = build_output_relevance(b, logits, list(logits_shape[1:]), mode, taken)
 
     forward_nodes = [_copy(n) for n in fwd.nodes]
     by_name = {n.name: n for n in forward_nodes}
@@ -245,7 +248,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         custom_input=extra_inputs[0].name if mode == "custom" else None,
         output_names=canonical.output_names, relevance_outputs=relevance_outputs,
         target_output=extra_outputs[0].name if extra_outputs else None, logits=logits,
-        n_classes=int(logits_shape[1]),
+        n_classes=int(logits_shape[1]), start_shape=tuple(logits_shape[1:]),
         layer_rules=layer_rules, layer_sum_outputs=sum_outputs if layer_sums else [],
         layer_relevance_outputs=relevance_outputs_by_layer)
     _write_metadata(compiled, composite, mode)

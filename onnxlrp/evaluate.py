@@ -37,6 +37,7 @@ class Evaluation:
     order: str = "cascading"
     max_layers: int | None = None
     injections: int = 8
+    inject_at: str | None = None
     show_progress: bool = True
 
     @property
@@ -132,10 +133,11 @@ def convergence_section(ev: Evaluation) -> str:
         explainer = explainer if composite is None else explainer.with_composite(composite)
         results[name] = checks.convergence(explainer, ev.x, injections=ev.injections, seed=ev.seed,
                                            channel_axis=channel_axis, class_sensitivity=composite is None,
-                                           show_progress=ev.show_progress)
+                                           show_progress=ev.show_progress, inject_at=ev.inject_at)
     own = next(iter(results.values()))
-    text = (f"## Cosine-similarity convergence\n\n{ev.injections} random relevance vectors injected at the logits "
-            "per input; median |cosine similarity| of the channel vectors between pairs, per layer from the logits "
+    text = (f"## Cosine-similarity convergence\n\n{ev.injections} random relevance vectors injected at "
+            f"{'`' + ev.inject_at + '`' if ev.inject_at else 'the logits'} "
+            "per input; median |cosine similarity| of the channel vectors between pairs, per layer from there "
             "down.\n\n" + own.table() + "\n")
     own_name, others = next(iter(results)), dict(list(results.items())[1:])
     if own.plot(ev.out / "convergence.png", name=own_name, others=others):

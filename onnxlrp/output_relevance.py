@@ -22,15 +22,17 @@ CUSTOM_INPUT = "output_relevance"
 TARGET_OUTPUT = "target_explained"
 
 
-def build_output_relevance(b: Builder, logits: str, n_classes: int, mode: str, taken_names: set[str]):
-    """Emit the start relevance. Returns (relevance tensor, extra graph inputs, extra graph outputs)."""
+def build_output_relevance(b: Builder, logits: str, dims: list[int], mode: str, taken_names: set[str]):
+    """Emit the start relevance. dims: the logits' shape without the batch axis ([classes]; any shape in
+    custom mode). Returns (relevance tensor, extra graph inputs, extra graph outputs)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
     b.set_scope("output")
     if mode == "custom":
         name = _free(CUSTOM_INPUT, taken_names)
-        value = helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", n_classes])
+        value = helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"] + list(dims))
         return name, [value], []
+    n_classes = dims[0]
     target = _free(TARGET_INPUT, taken_names)
     target_input = helper.make_tensor_value_info(target, TensorProto.INT64, ["batch"])
     predicted = b.op("ArgMax", [logits], axis=1, keepdims=0, hint="predicted")

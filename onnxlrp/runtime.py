@@ -112,8 +112,8 @@ class Explainer:
             if output_relevance is None:
                 raise InputError("mode='custom' needs output_relevance, an array shaped [batch, classes]")
             start = np.asarray(output_relevance, dtype=np.float32)
-            if start.shape != (n, n_classes):
-                raise InputError(f"output_relevance has shape {start.shape}; expected {(n, n_classes)}")
+            if start.shape != (n,) + tuple(compiled.start_shape):
+                raise InputError(f"output_relevance has shape {start.shape}; expected {(n,) + tuple(compiled.start_shape)}")
             feeds[compiled.custom_input] = start
         else:
             feeds[compiled.target_input] = _targets(target, n, n_classes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from ..compiler import LAYER_RELEVANCE_PREFIX
 from ..progress import progress_bar
@@ -84,10 +85,13 @@ def median_abs_pair_cosine(vectors: np.ndarray) -> float:
 
 
 def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, channel_axis: int = 1,
-                class_sensitivity: bool = True, show_progress: bool = False) -> ConvergenceResult:
+                class_sensitivity: bool = True, show_progress: bool = False,
+                inject_at: str | None = None) -> ConvergenceResult:
     """CSC per layer for each sample of `x`, pooled over samples.
 
     explainer: an Explainer made with layer_relevances=True. injections: random start vectors per sample.
+    inject_at: a tensor of the model to inject at instead of the logits (the layers below it are
+    reported; the class-sensitivity check, which needs classes, is left out).
     channel_axis: of the batched input (1 for NCHW, -1 for NHWC). Inside the model the channel axis is
     the op's: 1 at a Conv's input (ONNX convolutions are channels-first, whatever the input layout), the
     last axis at a Gemm/MatMul's input.
@@ -98,6 +102,8 @@ def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, ch
         raise ValueError("convergence compares pairs: injections must be at least 2")
     x = np.asarray(x, dtype=np.float32)
     rng = np.random.default_rng(seed)
+    if inject_at is not None:
+        explainer, class_sensitivity = explainer_at(explainer, inject_at), False
     compiled = explainer.compiled("custom")
     rules = {name: rule for name, _, rule in compiled.layer_rules}
     op_types = {name: op for name, op, _ in compiled.layer_rules}
@@ -105,12 +111,18 @@ def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, ch
     bar = progress_bar(total=len(x), desc="cosine-similarity convergence", enabled=show_progress)
     for sample in x:
         batch = np.repeat(sample[None], injections, axis=0)
-        start = rng.standard_normal((injections, compiled.n_classes)).astype(np.float32)
+        start = rng.standard_normal((injections,) + tuple(compiled.start_shape)).astype(np.float32)
         result = explainer.explain(batch, mode="custom", output_relevance=start)
         for name in compiled.layer_relevance_outputs:
-            op = op_types.get(name[len(LAYER_RELEVANCE_PREFIX):])
-            axis = channel_axis if op is None else (1 if op.startswith("Conv") else -1)
-            vectors = channel_vectors(result.layer_relevances[name], axis)
+            label, tensor = name[len(LAYER_RELEVANCE_PREFIX):], result.layer_relevances[name]
+            op = op_types.get(label)
+            if label.startswith("input/"):
+                axis = channel_axis
+            elif op is not None:
+                axis = 1 if op.startswith("Conv") else -1
+            else:  # the start: the logits, or an inner (channels-first) tensor given as inject_at
+                axis = 1 if tensor.ndim > 3 else -1
+            vectors = channel_vectors(tensor, axis)
             pooled.setdefault(name, []).append(vectors)
         bar.update(1)
     bar.close()
@@ -124,6 +136,24 @@ def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, ch
                                        median_abs_cosine=median_abs_pair_cosine(vectors), baseline=baseline))
     sensitivity = _class_sensitivity(explainer, x, rng) if class_sensitivity else None
     return ConvergenceResult(layers=layers, injections=injections, class_sensitivity=sensitivity)
+
+
+def explainer_at(explainer, tensor: str):
+    """An explainer like `explainer` that starts at `tensor` (made a model output) instead of the logits."""
+    from ..runtime import Explainer
+
+    model = onnx.ModelProto()
+    model.CopyFrom(explainer.model)
+    produced = {out for node in model.graph.node for out in node.output}
+    if tensor not in produced:
+        raise ValueError(f"the model has no tensor '{tensor}' to inject at (give a node output name; "
+                         "`onnxlrp inspect` lists the nodes)")
+    if tensor not in [o.name for o in model.graph.output]:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+        model.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return Explainer(model, composite=explainer.composite, providers=explainer.providers, output=tensor,
+                     inputs=explainer.explained_inputs, session_options=explainer.session_options,
+                     layer_relevances=True)
 
 
 def _class_sensitivity(explainer, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -77,3 +77,15 @@ def test_channel_axis_inside_a_channels_last_model(rng):
                          channel_axis=-1, class_sensitivity=False)
     lengths = {row.label: row.vector_length for row in result.layers}
     assert lengths == {"output": 5, "conv2": 16, "conv1": 3, "input/image": 3}
+
+
+def test_injection_at_an_inner_layer(models_dir, rng):
+    x = rng.uniform(0, 1, size=(1, 3, 32, 32)).astype(np.float32)
+    explainer = Explainer(models_dir / "small_vgg.onnx", composite="zplus", layer_relevances=True)
+    result = convergence(explainer, x, injections=4, inject_at="relu_17")   # [N, 64, 8, 8], under conv_16
+    assert [row.label for row in result.layers] == ["output", "conv_16", "conv_12", "conv_7", "conv_3", "input/image"]
+    assert result.layers[0].vector_length == 64 and result.class_sensitivity is None
+    assert result.layers[0].median_abs_cosine < 0.2            # the injected random vectors themselves
+    assert result.layers[-2].median_abs_cosine > 0.95           # ZPlus has converged two layers down
+    with pytest.raises(ValueError, match="no tensor 'nowhere'"):
+        convergence(explainer, x, inject_at="nowhere")
