@@ -48,14 +48,6 @@ class Evaluation:
     def sample_channel_axis(self) -> int | None:
         return None if self.x.ndim == 2 else (-1 if self.channels_last else 0)
 
-    def like(self, model=None, **options) -> Explainer:
-        """An explainer like the user's, for another model (a randomised copy) or with other options
-        (layer sums, layer relevances)."""
-        base = self.explainer
-        return Explainer(base.model if model is None else model, composite=base.composite, providers=base.providers,
-                         output=base.output, inputs=base.explained_inputs, session_options=base.session_options,
-                         **options)
-
 
 def run(evaluation: Evaluation, names: list[str]) -> Path:
     """Run the named checks, write OUT/report.md, return its path."""
@@ -72,7 +64,7 @@ def heatmaps_section(ev: Evaluation) -> str:
     """Overlays of the user's composite and a few others, one row per input."""
     shown = ev.x[:MAX_PICTURED]
     columns = [("input", None), (_short_name(ev.explainer.composite), ev.explainer)]
-    columns += [(name, ev.explainer.with_composite(name)) for name in COMPARED_COMPOSITES]
+    columns += [(name, ev.explainer.replace(composite=name)) for name in COMPARED_COMPOSITES]
     target = ev.explainer.explain(shown, target=ev.target).target
     rows = [[] for _ in shown]
     for title, explainer in columns:
@@ -86,7 +78,7 @@ def heatmaps_section(ev: Evaluation) -> str:
 
 
 def conservation_section(ev: Evaluation) -> str:
-    report = checks.conservation(ev.like(layer_sums=True), ev.x, target=ev.target, mode=ev.mode)
+    report = checks.conservation(ev.explainer.replace(layer_sums=True), ev.x, target=ev.target, mode=ev.mode)
     text = ("## Conservation and positivity\n\nPer layer, from the output down: the sum of relevance relative to "
             "the output relevance, and the share of negative relevance.\n\n" + report.table() + "\n")
     if report.plot(ev.out / "conservation.png"):
@@ -107,7 +99,7 @@ def pixel_flipping_section(ev: Evaluation) -> str:
 
 
 def randomisation_section(ev: Evaluation) -> str:
-    result = checks.randomisation(ev.explainer.model, ev.x, ev.like, target=ev.target, order=ev.order, seed=ev.seed,
+    result = checks.randomisation(ev.explainer.model, ev.x, lambda model: ev.explainer.replace(model=model), target=ev.target, order=ev.order, seed=ev.seed,
                                   channel_axis=ev.sample_channel_axis, max_layers=ev.max_layers,
                                   show_progress=ev.show_progress)
     text = (f"## Model-parameter randomisation ({ev.order})\n\nSimilarity of each heatmap to the original one, "
@@ -129,8 +121,7 @@ def convergence_section(ev: Evaluation) -> str:
     for name, composite in [(_short_name(ev.explainer.composite), None), ("epsilon", "epsilon"), ("zplus", "zplus")]:
         if name in results:
             continue
-        explainer = ev.like(layer_relevances=True)
-        explainer = explainer if composite is None else explainer.with_composite(composite)
+        explainer = ev.explainer.replace(layer_relevances=True, composite=composite or ev.explainer.composite)
         results[name] = checks.convergence(explainer, ev.x, injections=ev.injections, seed=ev.seed,
                                            channel_axis=channel_axis, class_sensitivity=composite is None,
                                            show_progress=ev.show_progress, inject_at=ev.inject_at)

@@ -51,11 +51,17 @@ class Explainer:
         self._compiled: dict[str, tuple[CompiledExplainer, ort.InferenceSession]] = {}
         self._forward: ort.InferenceSession | None = None
 
-    def with_composite(self, composite) -> "Explainer":
-        """The same model, providers and options with another composite (compiled anew)."""
-        return Explainer(self.model, composite=composite, providers=self.providers, output=self.output,
-                         inputs=self.explained_inputs, session_options=self.session_options,
-                         layer_sums=self.layer_sums, layer_relevances=self.layer_relevances)
+    def replace(self, **changes) -> "Explainer":
+        """A new Explainer (compiled anew) with this one's settings except `changes`, which take the
+        constructor's names: model (a randomised copy, a model with an inner tensor exposed), composite,
+        output, layer_sums, layer_relevances, ..."""
+        settings = dict(model=self.model, composite=self.composite, providers=self.providers, output=self.output,
+                        inputs=self.explained_inputs, session_options=self.session_options,
+                        layer_sums=self.layer_sums, layer_relevances=self.layer_relevances)
+        unknown = set(changes) - set(settings)
+        if unknown:
+            raise TypeError(f"Explainer.replace() got unknown settings {sorted(unknown)}")
+        return Explainer(**{**settings, **changes})
 
     def compiled(self, mode: str = "logit") -> CompiledExplainer:
         return self._session(mode)[0]

@@ -62,3 +62,12 @@ def test_forward_model_is_the_plain_model(models_dir, rng):
     logits = session.run(None, {"image": x})[0]
     probabilities = explainer.explain(x).outputs[0]
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probabilities, rtol=1e-5)
+
+
+def test_replace_keeps_every_setting_but_the_changed_ones(models_dir):
+    explainer = Explainer(models_dir / "tiny_vgg.onnx", composite="zplus", layer_sums=True, threads=1)
+    other = explainer.replace(composite="epsilon")
+    assert repr(other.composite).startswith("Uniform(rule=Epsilon") and other.layer_sums
+    assert other.session_options is explainer.session_options and other.model is not explainer.model
+    with pytest.raises(TypeError, match="threads"):
+        explainer.replace(threads=2)

@@ -140,8 +140,6 @@ def convergence(explainer, x: np.ndarray, injections: int = 8, seed: int = 0, ch
 
 def explainer_at(explainer, tensor: str):
     """An explainer like `explainer` that starts at `tensor` (made a model output) instead of the logits."""
-    from ..runtime import Explainer
-
     model = onnx.ModelProto()
     model.CopyFrom(explainer.model)
     produced = {out for node in model.graph.node for out in node.output}
@@ -151,9 +149,7 @@ def explainer_at(explainer, tensor: str):
     if tensor not in [o.name for o in model.graph.output]:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
         model.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return Explainer(model, composite=explainer.composite, providers=explainer.providers, output=tensor,
-                     inputs=explainer.explained_inputs, session_options=explainer.session_options,
-                     layer_relevances=True)
+    return explainer.replace(model=model, output=tensor, layer_relevances=True)
 
 
 def _class_sensitivity(explainer, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -71,20 +71,13 @@ class SelectivityResult:
 
 
 def patch_scores(heat: np.ndarray, patch_size: int) -> np.ndarray:
-    """Sum of a [N, *spatial] heatmap over each patch: [N, number of patches], patches in row-major order."""
-    n, spatial = heat.shape[0], heat.shape[1:]
-    grid = [-(-side // patch_size) for side in spatial]
-    padded = np.zeros((n,) + tuple(g * patch_size for g in grid))
-    padded[(slice(None),) + tuple(slice(0, s) for s in spatial)] = heat
-    shape = [n]
-    for g in grid:
-        shape += [g, patch_size]
-    blocks = padded.reshape(shape)
-    return blocks.sum(axis=tuple(range(2, 2 + 2 * len(grid), 2))).reshape(n, -1)
+    """Sum of a [N, *spatial] heatmap over each patch: [N, number of patches], in patch_index's order."""
+    index, count = patch_index(heat.shape[1:], patch_size)
+    return np.stack([np.bincount(index.ravel(), weights=sample.ravel(), minlength=count) for sample in heat])
 
 
 def patch_index(spatial: tuple[int, ...], patch_size: int) -> tuple[np.ndarray, int]:
-    """The patch each position belongs to (row-major patch order, as in patch_scores), and the count."""
+    """The patch each position belongs to (patches in row-major order), and the number of patches."""
     grid = [-(-side // patch_size) for side in spatial]
     index = np.zeros(spatial, dtype=np.int64)
     stride = 1
@@ -211,5 +204,5 @@ def pixel_flipping(explainer, x: np.ndarray, target=None, mode: str = "logit", g
     result = explainer.explain(x, target=target, mode=mode)
     heatmaps = {f"LRP {explainer.composite!r}": result.relevance}
     if gradient_baseline:
-        heatmaps["gradient × input"] = explainer.with_composite("lrp0").explain(x, target=result.target).relevance
+        heatmaps["gradient × input"] = explainer.replace(composite="lrp0").explain(x, target=result.target).relevance
     return selectivity(explainer.logits, x, heatmaps, result.target, **options)
