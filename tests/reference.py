@@ -48,6 +48,15 @@ def dense_model(layers):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def explain_custom(model, x: np.ndarray, relevance: np.ndarray, rule=None) -> np.ndarray:
+    """onnxlrp's input relevance for `relevance` put on the model's output, one rule on every layer
+    (default Epsilon)."""
+    from onnxlrp import Explainer, composites, rules
+
+    explainer = Explainer(model, composite=composites.Uniform(rule if rule is not None else rules.Epsilon()))
+    return explainer.explain(x, mode="custom", output_relevance=relevance).relevance
+
+
 def run_reference(model: onnx.ModelProto, x: np.ndarray, output: str | None = None) -> np.ndarray:
     """Run a model in float64 with onnx.reference (initialisers and input cast to float64)."""
     model64 = to_float64(model)

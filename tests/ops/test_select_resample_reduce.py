@@ -4,7 +4,7 @@ References are finite-difference Jacobians of onnx's float64 reference evaluator
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from reference import jacobian_fd, rel_l2, run_reference, single_op_model, stab
+from reference import explain_custom, jacobian_fd, rel_l2, run_reference, single_op_model, stab
 
 from onnxlrp import Explainer, composites, rules
 from onnxlrp.errors import UnsupportedOpError
@@ -14,26 +14,22 @@ def _model(op, x_shape, inits=(), attrs=None, opset=18, n_outputs=1):
     return single_op_model(op, x_shape, dict(inits), attrs or {}, opset=opset, n_outputs=n_outputs)
 
 
-def _explain(model, x, relevance):
-    return Explainer(model, composite=composites.Uniform(rules.Epsilon())).explain(
-        x, mode="custom", output_relevance=relevance).relevance
+def _explain_random(model, x, rng):
+    """(model output, random output relevance, onnxlrp's input relevance, per-sample Jacobians)."""
+    out = run_reference(model, x)
+    R = rng.normal(size=out.shape).astype(np.float32)
+    return out, R, explain_custom(model, x, R), [jacobian_fd(model, x[i:i + 1]) for i in range(len(x))]
 
 
 def _check_routing(model, x, rng):
-    out = run_reference(model, x)
-    R = rng.normal(size=out.shape).astype(np.float32)
-    got = _explain(model, x, R)
-    for i in range(len(x)):
-        J = jacobian_fd(model, x[i:i + 1])
+    _, R, got, jacobians = _explain_random(model, x, rng)
+    for i, J in enumerate(jacobians):
         assert rel_l2(got[i], (J.T @ R[i]).reshape(x.shape[1:])) < 1e-6
 
 
 def _check_norm(model, x, rng):
-    out = run_reference(model, x)
-    R = rng.normal(size=out.shape).astype(np.float32)
-    got = _explain(model, x, R)
-    for i in range(len(x)):
-        J = jacobian_fd(model, x[i:i + 1])
+    out, R, got, jacobians = _explain_random(model, x, rng)
+    for i, J in enumerate(jacobians):
         want = x[i].ravel() * (J.T @ (R[i] / stab(out[i], 1e-6)))
         assert rel_l2(got[i], want.reshape(x.shape[1:])) < 1e-4
     # a linear map without bias conserves
@@ -67,7 +63,7 @@ def test_pad_drops_the_relevance_of_padding(mode, rng):
     model = _model("Pad", shape, [("pads", i64(0, 0, -1, 2, 0, 0, 1, -2))], dict(mode=mode))
     x = rng.normal(size=shape).astype(np.float32)
     R = rng.normal(size=(2, 2 * 4 * 5)).astype(np.float32)
-    got = _explain(model, x, R)
+    got = explain_custom(model, x, R)
     want = np.zeros(shape, np.float32)
     want[:, :, 1:, :3] = R.reshape(2, 2, 4, 5)[:, :, 0:3, 2:5]
     assert np.array_equal(got, want)
@@ -89,7 +85,7 @@ def test_split_output_without_relevance_sends_zeros(rng):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     x = rng.normal(size=shape).astype(np.float32)
     R = rng.normal(size=(2, 3)).astype(np.float32)
-    got = _explain(model, x, R)
+    got = explain_custom(model, x, R)
     assert np.array_equal(got[:, 0], R) and not got[:, 1:].any()
 
 

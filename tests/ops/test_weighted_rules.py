@@ -1,9 +1,9 @@
 """Every rule on single Conv / ConvTranspose / Gemm / MatMul layers against the dense-Jacobian reference."""
 import numpy as np
 import pytest
-from reference import dense_linear, rel_l2, rule_reference, single_op_model
+from reference import explain_custom, dense_linear, rel_l2, rule_reference, single_op_model
 
-from onnxlrp import Explainer, composites, rules
+from onnxlrp import rules
 
 RULES = {
     "epsilon": rules.Epsilon(),
@@ -44,11 +44,6 @@ def _relevance_like(z_columns, rng):
     return relevance.astype(np.float32)
 
 
-def _explain(model, x, relevance, rule):
-    explainer = Explainer(model, composite=composites.Uniform(rule))
-    return explainer.explain(x, mode="custom", output_relevance=relevance).relevance
-
-
 def _reference(name, rule, A, b, x, R, A_ones):
     out = []
     for xi, ri in zip(x, R):
@@ -72,7 +67,7 @@ def _check(op_type, x_shape, w_shape, attrs, rule_name, rng):
     A, b = dense_linear(op_type, x_shape, weight, bias, attrs)
     A_ones, _ = dense_linear(op_type, x_shape, np.ones_like(weight), None, attrs)
     R = _relevance_like(A @ x.reshape(len(x), -1).T.astype(np.float64) + b[:, None], rng)
-    got = _explain(model, x, R, rule)
+    got = explain_custom(model, x, R, rule)
     want = _reference(rule_name, rule, A, b, x, R, A_ones)
     assert got.shape == x.shape
     assert rel_l2(got, want) < 1e-5, rel_l2(got, want)
@@ -129,7 +124,7 @@ def test_gemm_rules_match_dense_reference(case, rule_name, rng):
     W = (w if attrs.get("transB") else w.T).astype(np.float64) * attrs.get("alpha", 1.0)
     b = np.broadcast_to(bias.astype(np.float64) * attrs.get("beta", 1.0), (1, m)).reshape(m)
     R = _relevance_like(W @ x.T.astype(np.float64) + b[:, None], rng)
-    got = _explain(model, x, R, rule)
+    got = explain_custom(model, x, R, rule)
     want = _reference(rule_name, rule, W, b, x, R, np.ones_like(W))
     assert rel_l2(got, want) < 1e-5
 
@@ -149,7 +144,7 @@ def test_gemm_with_trans_a_behind_transpose(rng):
     model.ir_version = 8
     x = rng.normal(size=(n, k)).astype(np.float32)
     R = _relevance_like(w.T.astype(np.float64) @ x.T.astype(np.float64), rng)
-    got = _explain(model, x, R, rules.Epsilon())
+    got = explain_custom(model, x, R, rules.Epsilon())
     want = np.stack([rule_reference("epsilon", w.T.astype(np.float64), np.zeros(m), xi.astype(np.float64), ri)
                      for xi, ri in zip(x, R)])
     assert rel_l2(got, want) < 1e-5
@@ -175,7 +170,7 @@ def test_matmul_add_is_a_dense_layer(rank, rule_name, rng):
     x = rng.normal(size=[2] + shape[1:]).astype(np.float32)
     rows = x.reshape(-1, k)
     R = _relevance_like(w.T.astype(np.float64) @ rows.T.astype(np.float64) + bias[:, None], rng).reshape(2, -1)
-    got = _explain(model, x, R, rule)
+    got = explain_custom(model, x, R, rule)
     want = np.stack([rule_reference(rule_name, w.T.astype(np.float64), bias.astype(np.float64), xi.astype(np.float64),
                                     ri.astype(np.float64), gamma=0.25)
                      for xi, ri in zip(rows, R.reshape(-1, m))]).reshape(x.shape)
