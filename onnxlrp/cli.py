@@ -1,4 +1,4 @@
-"""The `onnxlrp` command line: compile, explain, evaluate, inspect."""
+"""The `onnxlrp` command line: compile, export, explain, evaluate, inspect."""
 from __future__ import annotations
 
 import argparse
@@ -103,73 +103,61 @@ def cmd_compile(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    options = dict(device=args.device, overwrite=args.overwrite, external_data=True if args.external_data else None)
+    if args.format == "triton":
+        options.update(version=args.version, max_batch_size=args.max_batch_size, instances=args.instances,
+                       threads=args.threads)
+    written = export(args.model, args.out, format=args.format, composite=_composite_from(args), mode=args.mode,
+                     output=_model_output(args), inputs=_model_inputs(args), name=args.name, **options)
+    print(f"{args.model} -> {written}")
+    if args.format == "triton":
+        print(f"serve it: tritonserver --model-repository={Path(args.out).resolve()}  (see docs/deployment.md)")
+    else:
+        print(f"serve it: mlflow models serve -m {written} --env-manager local -p 5000  (see docs/deployment.md)")
+    return 0
+
+
 def cmd_explain(args) -> int:
-    from .inputs import channels_last, load_input
+    from .batch import Job, Settings, find_inputs
     from .runtime import Explainer
 
+    if args.top_k is not None and args.target is not None:
+        raise OnnxLrpError("give either --target or --top-k, not both")
     composite = _composite_from(args)
     explainer = Explainer(args.model, composite=composite, output=_model_output(args), inputs=_model_inputs(args),
                           threads=args.threads)
-    compiled = explainer.compiled(args.mode if args.mode != "custom" else "logit")
+    compiled = explainer.compiled(args.mode)
     primary = next(iter(compiled.relevance_outputs))
-    fixed = _fed_inputs(args.feed, compiled, primary)
-    shape = [d.dim_value if d.HasField("dim_value") else None
-             for d in next(v for v in compiled.model.graph.input if v.name == primary).type.tensor_type.shape.dim]
-    paths = [Path(p) for p in args.inputs]
-    out = Path(args.out)
-    failures, done = 0, 0
-    last = channels_last(shape)
-    for start in range(0, len(paths), args.batch_size):
-        batch_paths, samples = [], []
-        for path in paths[start:start + args.batch_size]:
-            try:
-                samples.append(load_input(path, shape, mean=args.mean, std=args.std))
-                batch_paths.append(path)
-            except OnnxLrpError as exc:
-                failures += 1
-                print(f"error: {exc}", file=sys.stderr)
-        if not samples:
-            continue
-        batch = {primary: np.stack(samples)}
-        batch.update({name: np.repeat(value, len(samples), axis=0) for name, value in fixed.items()})
-        result = explainer.explain(batch if fixed else batch[primary], target=args.target, mode=args.mode,
-                                   top_k=args.top_k)
-        for i, path in enumerate(batch_paths):
-            _write_explanation(result, i, path, primary, out, channel_axis=-1 if last else 0,
-                               sample=batch[primary][i])
-            done += 1
-    print(f"explained {done} input(s), {failures} failed; results in {out}/")
-    return 1 if failures else 0
-
-
-def _write_explanation(result, i: int, path: Path, primary: str, out: Path, channel_axis: int, sample) -> None:
-    """OUT/<stem>.relevance.npy, .heatmap.png and .overlay.png; with several targets (top-k) one set per
-    class, <stem>.class<c>.*, and a grid <stem>.targets.png of the overlays side by side."""
-    from .heatmap import save_array, save_heatmap
-    from .pictures import grid, overlay, save_image
-
-    several = result.target is not None and result.target.ndim == 2
-    targets = [int(t) for t in result.target[i]] if several else [
-        int(result.target[i]) if result.target is not None else None]
-    tiles = []
-    for j, target in enumerate(targets):
-        stem = f"{path.stem}.class{target}" if several else path.stem
-        relevance = result.relevances[primary][i, j] if several else result.relevances[primary][i]
-        save_array(relevance, out / f"{stem}.relevance.npy")
-        for name, other in result.relevances.items():
-            if name != primary:
-                save_array(other[i, j] if several else other[i], out / f"{stem}.relevance.{_safe(name)}.npy")
-        save_heatmap(relevance, out / f"{stem}.heatmap.png", channel_axis=channel_axis)
-        if np.ndim(sample) == 3:
-            tiles.append(overlay(relevance, sample, channel_axis))
-            save_image(tiles[-1], out / f"{stem}.overlay.png")
-        print(f"{path}: class {target}, relevance sum {float(relevance.sum()):.6g} -> {out / (stem + '.heatmap.png')}")
-    if several and tiles:
-        save_image(grid([tiles], [f"class {t}" for t in targets]), out / f"{path.stem}.targets.png")
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    settings = Settings(out=Path(args.out), shape=[d.dim_value if d.HasField("dim_value") else None
+                                                   for d in _dims(compiled, primary)],
+                        primary=primary, fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
+                        top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std)
+    items, problems = find_inputs(args.inputs)
+    for spec, reason in problems:
+        print(f"error: {spec}: {reason}", file=sys.stderr)
+    verbose = args.verbose or len(items) <= 10
+    job = Job(items, settings, batch_size=args.batch_size, overwrite=args.overwrite, show_progress=not args.quiet,
+              report=print if verbose else (lambda line: None))
+    interrupted = False
+    try:
+        if args.ray:
+            from .distributed import run_job_on_ray
+            run_job_on_ray(job, args.model, explainer, address=args.ray, actors=args.actors,
+                           cpus_per_actor=args.threads or 1, gpus_per_actor=args.gpus_per_actor)
+        else:
+            job.run(explainer)
+    except KeyboardInterrupt:
+        interrupted = True
+    failures = job.write_failures()
+    summary = job.summary
+    print(f"{summary.line()}; results in {settings.out}/" + (f"; failures listed in {failures}" if failures else ""))
+    if interrupted:
+        print("interrupted: run the same command again to go on where it stopped", file=sys.stderr)
+        return 130
+    return 1 if summary.failed or problems else 0
 
 
 def _fed_inputs(feeds: list[str], compiled, primary: str) -> dict[str, np.ndarray]:
@@ -265,25 +253,65 @@ def build_parser() -> argparse.ArgumentParser:
     _add_composite_options(p)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("explain", help="explain images or .npy inputs: heatmap PNGs and relevance .npy",
-                       description="Explain each INPUT (an image or a .npy array of one sample). Images are "
-                       "converted to RGB, resized to the model's input size, scaled to [0, 1], then normalised "
-                       "with --mean/--std if given. Writes OUT/<name>.heatmap.png, OUT/<name>.overlay.png "
-                       "(the heatmap over the input, for image-shaped inputs) and OUT/<name>.relevance.npy.")
+    p = sub.add_parser("export", help="write the explainer model for an inference server (Triton or MLflow)",
+                       description="Compile the explainer model and write it as a Triton Inference Server model "
+                       "repository (onnxruntime backend, config.pbtxt with dynamic batching) or as an MLflow "
+                       "model (ONNX flavour). The served model takes the model's inputs and a target per sample "
+                       "(-1: the predicted class) and returns the model's outputs, the relevance and the class "
+                       "explained.")
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
+    p.add_argument("--format", required=True, choices=["triton", "mlflow"], help="triton or mlflow")
+    p.add_argument("--out", required=True, help="triton: the model repository folder (the model goes to "
+                   "OUT/NAME/); mlflow: the model folder to create")
+    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive", "custom"],
+                   help="where the explanation starts (custom: the server takes the start relevance as an input)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the server runs it (default cpu)")
+    p.add_argument("--external-data", action="store_true",
+                   help="keep the weights in a separate file (always done for models over 2 GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export (triton: that version)")
+    group = p.add_argument_group("triton")
+    group.add_argument("--name", default=None, help="model name in the repository (default: MODEL's stem + _lrp)")
+    group.add_argument("--version", type=int, default=1, help="model version folder (default 1)")
+    group.add_argument("--max-batch-size", type=int, default=8,
+                       help="largest batch Triton forms from queued requests (default 8; 0: no batching)")
+    group.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
+    group.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per instance")
+    _add_composite_options(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("explain", help="explain images or .npy inputs (files, folders, globs): heatmaps and relevance",
+                       description="Explain each INPUT: an image or a .npy array of one sample, a folder (searched "
+                       "recursively for both) or a glob pattern ('data/**/*.png', quoted). Images are converted "
+                       "to RGB, resized to the model's input size, scaled to [0, 1], then normalised with "
+                       "--mean/--std if given. Writes OUT/<name>.heatmap.png, OUT/<name>.overlay.png (the heatmap "
+                       "over the input, for image-shaped inputs) and OUT/<name>.relevance.npy, where <name> keeps "
+                       "the input's path below its folder. Resumable: an input whose .relevance.npy exists is "
+                       "skipped, so an interrupted job goes on where it stopped when started again. Inputs that "
+                       "fail are reported, listed in OUT/failed.txt and skipped; the exit code is then 1.")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, .npy arrays, folders or glob patterns")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="explain each input's K highest-scoring classes in one run: one heatmap per class "
-                   "(<name>.class<c>.*) and a side-by-side grid <name>.targets.png")
+                   "(<name>.class<c>.*), a side-by-side grid <name>.targets.png and <name>.targets.json")
     p.add_argument("--out", default="heatmaps", help="output folder (default heatmaps/)")
     p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"], help="where the explanation starts")
     p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std, e.g. 0.229,0.224,0.225")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per run (default 16)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per onnxruntime run (default 16)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores; "
+                   "with --ray: per actor, default 1)")
     p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
                    help="a value for another model input (one sample, used for every INPUT); repeatable")
+    p.add_argument("--overwrite", action="store_true", help="explain every input again, even those already done")
+    p.add_argument("--verbose", "-v", action="store_true", help="one line per input (the default up to 10 inputs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    group = p.add_argument_group("cluster (needs pip install 'onnxlrp[ray]')")
+    group.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="run on Ray: 'local' starts Ray on this machine, 'auto' or ray://HOST:PORT joins a "
+                       "cluster; OUT must be a folder every node can write")
+    group.add_argument("--actors", type=int, default=None, help="explainer actors (default: the cluster's CPUs / threads)")
+    group.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs per actor (CUDA provider when > 0)")
     _add_composite_options(p)
     p.set_defaults(func=cmd_explain)
 

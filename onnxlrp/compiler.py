@@ -22,7 +22,7 @@ from .canonical.batch import BATCH_DIM
 from .composites import Composite, Layer
 from .errors import UnsupportedModelError, UnsupportedOpError
 from .graph import ForwardGraph
-from .model import load_model, save_model
+from .model import is_large, load_model, save_model
 from .ops import WEIGHTED, handler_for
 from .ops.context import Builder, NodeContext
 from .output_relevance import build_output_relevance
@@ -354,7 +354,7 @@ def compile(model, output_path: str | os.PathLike, composite: Composite | str | 
 
 
 def check_explainer(model: onnx.ModelProto) -> None:
-    if model.ByteSize() < 2 * 1024**3 - 1024**2:
+    if not is_large(model):
         onnx.checker.check_model(model, full_check=True)
     else:
         onnx.checker.check_model(model)

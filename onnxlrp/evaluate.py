@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checks
-from .heatmap import save_atomic
+from .files import save_atomic
 from .pictures import grid, heatmap_tile, overlay, save_image
 from .runtime import Explainer
 

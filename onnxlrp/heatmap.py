@@ -1,12 +1,12 @@
 """Heatmap pictures: relevance summed over channels, red (positive) - white (0) - blue (negative)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .files import save_atomic
 
 MIN_SIDE = 224  # small inputs are scaled up (nearest neighbour) so the picture can be read
 
@@ -45,21 +45,6 @@ def heatmap_image(relevance: np.ndarray, channel_axis: int | None = 0) -> Image.
     if factor > 1:
         image = image.resize((w * factor, h * factor), Image.NEAREST)
     return image
-
-
-def save_atomic(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path) then rename onto `path`, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def save_heatmap(relevance: np.ndarray, path, channel_axis: int | None = 0) -> Path:

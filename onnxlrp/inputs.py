@@ -28,7 +28,9 @@ def load_input(path: str | Path, shape, mean=None, std=None) -> np.ndarray:
         try:
             array = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"cannot read '{path}' as a .npy array ({type(exc).__name__})") from None
+            detail = str(exc).strip().splitlines()
+            raise InputError(f"cannot read '{path}' as a .npy array ({type(exc).__name__}"
+                             + (f": {detail[0]}" if detail else "") + ")") from None
         array = np.asarray(array, dtype=np.float32)
         expected = tuple(shape[1:])
         if array.ndim == len(shape) and array.shape[0] == 1:

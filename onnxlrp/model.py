@@ -35,14 +35,15 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
     """Write `model` to `path` atomically (temporary file in the same folder, then rename).
 
-    Models over the 2 GB protobuf limit are written with their weights in `<name>.data` beside it.
+    With external_data (by default: for models over the 2 GB protobuf limit) the weights go into
+    `<name>.data` beside it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > _PROTOBUF_LIMIT
+    large = is_large(model) if external_data is None else external_data
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -67,6 +68,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """Too large for one protobuf file: the weights must go into an external data file."""
+    return model.ByteSize() > _PROTOBUF_LIMIT
 
 
 def _external_tensors(model: onnx.ModelProto):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .heatmap import MIN_SIDE, colorize, relevance_map, save_atomic
+from .files import save_atomic
+from .heatmap import MIN_SIDE, colorize, relevance_map
 
 LABEL_HEIGHT = 16
 

@@ -1,6 +1,7 @@
 """Explainer: compiles the explainer model once per output-relevance mode and runs it with onnxruntime."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,8 @@ class Explanation:
 
 
 class Explainer:
-    """Explain a model's predictions with LRP.
+    """Explain a model's predictions with LRP. One explainer may be used from several threads at once
+    (onnxruntime sessions run concurrently).
 
     >>> ex = Explainer("model.onnx", composite=composites.EpsilonPlusFlat())
     >>> res = ex.explain(x, target=None)     # None: the predicted class
@@ -50,6 +52,7 @@ class Explainer:
         self.session_options = session_options or _default_session_options(threads)
         self._compiled: dict[str, tuple[CompiledExplainer, ort.InferenceSession]] = {}
         self._forward: ort.InferenceSession | None = None
+        self._lock = threading.Lock()   # sessions are built once, even when threads share this explainer
 
     def replace(self, **changes) -> "Explainer":
         """A new Explainer (compiled anew) with this one's settings except `changes`, which take the
@@ -69,22 +72,24 @@ class Explainer:
     def _session(self, mode: str):
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
-        if mode not in self._compiled:
-            compiled = compile_explainer(self.model, composite=self.composite, mode=mode, output=self.output,
-                                         inputs=self.explained_inputs, layer_sums=self.layer_sums,
-                                         layer_relevances=self.layer_relevances)
-            session = ort.InferenceSession(compiled.model.SerializeToString(), self.session_options,
-                                           providers=self.providers)
-            self._compiled[mode] = (compiled, session)
-        return self._compiled[mode]
+        with self._lock:
+            if mode not in self._compiled:
+                compiled = compile_explainer(self.model, composite=self.composite, mode=mode, output=self.output,
+                                             inputs=self.explained_inputs, layer_sums=self.layer_sums,
+                                             layer_relevances=self.layer_relevances)
+                session = ort.InferenceSession(compiled.model.SerializeToString(), self.session_options,
+                                               providers=self.providers)
+                self._compiled[mode] = (compiled, session)
+            return self._compiled[mode]
 
     def logits(self, x, batch_size: int | None = None) -> np.ndarray:
         """The explained output (the logits) for a batch, from the plain forward model: the explainer's own
         forward nodes alone, without any relevance node."""
         compiled, session = self._session("logit")
-        if self._forward is None:
-            self._forward = ort.InferenceSession(forward_model(compiled).SerializeToString(), self.session_options,
-                                                 providers=self.providers)
+        with self._lock:
+            if self._forward is None:
+                self._forward = ort.InferenceSession(forward_model(compiled).SerializeToString(),
+                                                     self.session_options, providers=self.providers)
         feeds = self._feeds(compiled, session, x)
         n = next(iter(feeds.values())).shape[0]
         step = batch_size or n
@@ -95,7 +100,8 @@ class Explainer:
                 batch_size: int | None = None, top_k: int | None = None) -> Explanation:
         """Explain a batch. `x`: an array (single-input models) or a dict input name -> array.
 
-        target: None (the predicted class), an int for every sample, one int per sample, or a
+        target: None (the predicted class), an int for every sample, one int per sample (-1: that sample's
+            predicted class), or a
             [batch, k] array of ints: k explanations per sample in one call.
         top_k: explain each sample's k highest-scoring classes, best first (instead of target).
         mode: "logit" (default), "one", "prob", "contrastive", or "custom" with `output_relevance`
@@ -243,6 +249,7 @@ def _targets(target, n: int, n_classes: int) -> np.ndarray:
         array = np.full(n, int(array), dtype=np.int64)
     if array.shape != (n,) or array.dtype.kind not in "iu":
         raise InputError(f"target must be None, an int, or {n} ints (one per sample); got {target!r}")
-    if np.any(array < 0) or np.any(array >= n_classes):
-        raise InputError(f"target {array.tolist()} out of range: the model has {n_classes} classes (0..{n_classes - 1})")
+    if np.any(array < -1) or np.any(array >= n_classes):
+        raise InputError(f"target {array.tolist()} out of range: the model has {n_classes} classes (0..{n_classes - 1}; "
+                         "-1: the predicted class)")
     return array.astype(np.int64)

@@ -1,5 +1,6 @@
 """The command line: compile, explain, inspect; clear one-line errors; input files never touched."""
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -218,8 +219,9 @@ def test_explain_top_k_writes_one_heatmap_per_class(tmp_path, models_dir, capsys
     out = tmp_path / "heat"
     assert main(["explain", str(models_dir / "small_vgg.onnx"), str(models_dir / "example.png"), "--top-k", "2",
                  "--out", str(out)]) == 0
-    classes = [line.split("class ")[1].split(",")[0] for line in capsys.readouterr().out.splitlines() if "class " in line]
-    assert len(classes) == 2
+    record = json.loads((out / "example.targets.json").read_text())
+    classes = record["classes"]
+    assert len(classes) == 2 and f"classes {classes[0]}, {classes[1]}" in capsys.readouterr().out
     for c in classes:
         for suffix in ("heatmap.png", "overlay.png", "relevance.npy"):
             assert (out / f"example.class{c}.{suffix}").exists()

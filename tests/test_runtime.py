@@ -71,3 +71,31 @@ def test_replace_keeps_every_setting_but_the_changed_ones(models_dir):
     assert other.session_options is explainer.session_options and other.model is not explainer.model
     with pytest.raises(TypeError, match="threads"):
         explainer.replace(threads=2)
+
+
+def test_one_explainer_shared_by_threads_gives_the_sequential_results(models_dir, rng):
+    """Inference servers call one session from many threads: results must not mix between calls. The
+    first calls race to build the session, so the explainer is fresh."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    explainer = Explainer(models_dir / "small_vgg.onnx", threads=1)
+    requests = [(rng.normal(size=(n, 3, 32, 32)).astype(np.float32), rng.integers(-1, 10, size=n))
+                for n in (1, 3, 2, 5, 1, 4, 2, 3, 1, 2, 6, 1)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        concurrent = list(pool.map(lambda r: explainer.explain(r[0], target=r[1]), requests))
+    assert len(explainer._compiled) == 1
+    sequential = Explainer(models_dir / "small_vgg.onnx", threads=1)
+    for (x, target), got in zip(requests, concurrent):
+        expected = sequential.explain(x, target=target)
+        np.testing.assert_array_equal(got.relevance, expected.relevance)
+        np.testing.assert_array_equal(got.target, expected.target)
+
+
+def test_minus_one_in_a_target_array_is_the_predicted_class(models_dir, rng):
+    explainer = Explainer(models_dir / "tiny_resnet.onnx")
+    x = rng.normal(size=(3, 3, 32, 32)).astype(np.float32)
+    predicted = explainer.explain(x).target
+    mixed = explainer.explain(x, target=[-1, 2, -1])
+    assert mixed.target.tolist() == [predicted[0], 2, predicted[2]]
+    with pytest.raises(InputError, match="out of range"):
+        explainer.explain(x, target=[-2, 0, 0])

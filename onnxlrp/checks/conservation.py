@@ -38,7 +38,7 @@ class ConservationReport:
 
     def plot(self, path) -> bool:
         """The relative development of the relevance sum over the layers as a PNG; False without matplotlib."""
-        from ..heatmap import save_atomic
+        from ..files import save_atomic
         from ..pictures import pyplot_or_none
 
         plt = pyplot_or_none()
