@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import sys
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class Settings:
     mode: str = "logit"
     mean: list | None = None
     std: list | None = None
+    pictures: bool = True            # heatmap and overlay PNGs beside the .npy
 
 
 @dataclass
@@ -107,15 +109,16 @@ class Outcome:
     note: str = ""               # what was explained: "class 3, relevance sum 0.52"
 
 
-def explain_items(explainer, items: list[Item], settings: Settings) -> list[Outcome]:
-    """Load, explain and write a batch, one outcome per item. A batch that fails as a whole is retried one
-    input at a time to find the culprit."""
+def explain_items(explainer, items: list[Item], settings: Settings, writer: Executor | None = None) -> list[Future]:
+    """Load, explain and write a batch: one future outcome per item. The writes go to `writer` (threads
+    encoding PNGs while the next batch is explained) or are done before returning. A batch that fails as
+    a whole is retried one input at a time to find the culprit."""
     results, loaded = [], []
     for item in items:
         try:
             loaded.append((item, load_input(item.path, settings.shape, mean=settings.mean, std=settings.std)))
         except OnnxLrpError as exc:
-            results.append(Outcome(item, str(exc)))
+            results.append(_done(Outcome(item, str(exc))))
     if not loaded:
         return results
     batch = {settings.primary: np.stack([sample for _, sample in loaded])}
@@ -125,14 +128,27 @@ def explain_items(explainer, items: list[Item], settings: Settings) -> list[Outc
                                    mode=settings.mode, top_k=settings.top_k)
     except Exception as exc:  # onnxruntime raises its own types for inputs it cannot run
         if len(loaded) > 1:
-            return results + [r for item, _ in loaded for r in explain_items(explainer, [item], settings)]
-        return results + [Outcome(loaded[0][0], _reason(exc))]
+            return results + [r for item, _ in loaded for r in explain_items(explainer, [item], settings, writer)]
+        return results + [_done(Outcome(loaded[0][0], _reason(exc)))]
     for i, (item, sample) in enumerate(loaded):
-        try:
-            results.append(Outcome(item, note=write_explanation(result, i, item, settings, sample)))
-        except OSError as exc:
-            results.append(Outcome(item, f"cannot write its outputs: {exc}"))
+        if writer is None:
+            results.append(_done(_write(result, i, item, settings, sample)))
+        else:
+            results.append(writer.submit(_write, result, i, item, settings, sample))
     return results
+
+
+def _done(outcome: Outcome) -> Future:
+    future = Future()
+    future.set_result(outcome)
+    return future
+
+
+def _write(result, i: int, item: Item, settings: Settings, sample) -> Outcome:
+    try:
+        return Outcome(item, note=write_explanation(result, i, item, settings, sample))
+    except OSError as exc:
+        return Outcome(item, f"cannot write its outputs: {exc}")
 
 
 def _reason(exc: Exception) -> str:
@@ -156,8 +172,9 @@ def write_explanation(result, i: int, item: Item, settings: Settings, sample) ->
     for j, target in enumerate(targets):
         stem = f"{item.key}.class{target}" if several else item.key
         relevance = result.relevances[primary][i, j] if several else result.relevances[primary][i]
-        save_heatmap(relevance, out / f"{stem}.heatmap.png", channel_axis=channel_axis)
-        if np.ndim(sample) == 3:
+        if settings.pictures:
+            save_heatmap(relevance, out / f"{stem}.heatmap.png", channel_axis=channel_axis)
+        if settings.pictures and np.ndim(sample) == 3:
             tiles.append(overlay(relevance, sample, channel_axis))
             save_image(tiles[-1], out / f"{stem}.overlay.png")
         for name, other in result.relevances.items():
@@ -204,10 +221,17 @@ class Job:
                 bar.write(f"error: {path}: {outcome.error}", file=sys.stderr)
             bar.update(1)
 
-    def run(self, explainer) -> Summary:
-        with progress_bar(len(self.pending), "explaining", self.show_progress) as bar:
+    def run(self, explainer, writers: int = 4) -> Summary:
+        """Explain batch after batch while `writers` threads write the previous batch's files; at most two
+        batches are in memory."""
+        with ThreadPoolExecutor(writers) as pool, progress_bar(len(self.pending), "explaining",
+                                                                self.show_progress) as bar:
+            in_flight = []
             for batch in self.batches():
-                self.record(explain_items(explainer, batch, self.settings), bar)
+                futures = explain_items(explainer, batch, self.settings, pool)
+                self.record([future.result() for future in in_flight], bar)
+                in_flight = futures
+            self.record([future.result() for future in in_flight], bar)
         return self.summary
 
     def write_failures(self) -> Path | None:

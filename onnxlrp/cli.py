@@ -134,7 +134,7 @@ def cmd_explain(args) -> int:
     settings = Settings(out=Path(args.out), shape=[d.dim_value if d.HasField("dim_value") else None
                                                    for d in _dims(compiled, primary)],
                         primary=primary, fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
-                        top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std)
+                        top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std, pictures=not args.no_pictures)
     items, problems = find_inputs(args.inputs)
     for spec, reason in problems:
         print(f"error: {spec}: {reason}", file=sys.stderr)
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
                    help="a value for another model input (one sample, used for every INPUT); repeatable")
     p.add_argument("--overwrite", action="store_true", help="explain every input again, even those already done")
+    p.add_argument("--no-pictures", action="store_true", help="write only the relevance .npy files (no PNGs), "
+                   "for large jobs whose heatmaps are drawn later")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per input (the default up to 10 inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     group = p.add_argument_group("cluster (needs pip install 'onnxlrp[ray]')")

@@ -119,7 +119,7 @@ class FileActor:
         from .batch import Item, explain_items
 
         items = [Item(Path(path), key) for path, key in zip(batch["path"], batch["key"])]
-        outcomes = explain_items(self.explainer, items, self.settings)
+        outcomes = [future.result() for future in explain_items(self.explainer, items, self.settings)]
         return {"path": [str(o.item.path) for o in outcomes], "key": [o.item.key for o in outcomes],
                 "error": [o.error or "" for o in outcomes], "note": [o.note for o in outcomes]}
 

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .files import save_atomic
-from .heatmap import MIN_SIDE, colorize, relevance_map
+from .heatmap import MIN_SIDE, PNG_COMPRESSION, colorize, relevance_map
 
 LABEL_HEIGHT = 16
 
@@ -67,7 +67,7 @@ def grid(tiles: list[list[Image.Image]], column_labels: list[str] | None = None,
 
 
 def save_image(image: Image.Image, path):
-    return save_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    return save_atomic(path, lambda tmp: image.save(tmp, format="PNG", compress_level=PNG_COMPRESSION))
 
 
 def pyplot_or_none():

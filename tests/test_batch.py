@@ -105,3 +105,10 @@ def test_interrupted_job_loses_nothing_and_resumes(tmp_path, models_dir, rng):
     assert f"explained {n - len(done)} input(s), skipped {len(done)} already done, 0 failed" in finished.stdout
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
     assert len(list(out.glob("*.relevance.npy"))) == n
+
+
+def test_no_pictures_writes_only_the_relevance(tmp_path, models_dir, rng):
+    _image(tmp_path / "data" / "a.png", rng)
+    assert main(["explain", str(models_dir / "small_vgg.onnx"), str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                 "--no-pictures", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.relevance.npy"]
