@@ -1,8 +1,9 @@
-"""The `onnxlrp` command line: compile, export, explain, evaluate, inspect."""
+"""The `onnxlrp` command line: compile, export, explain, evaluate, bench, inspect."""
 from __future__ import annotations
 
 import argparse
 import inspect as pyinspect
+import os
 import sys
 from pathlib import Path
 
@@ -227,6 +228,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+
+    names = [n.strip() for n in args.composites.split(",") if n.strip()]
+    for name in names:
+        bench.composite_for(name)     # an unknown name fails before any timing
+    batches = [int(b) for b in args.batches.split(",")]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "gpu" else None
+    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats}")
+    rows = bench.benchmark(args.model, names, batches, args.threads, args.warmup, args.repeats,
+                           memory=not args.no_memory and args.device == "cpu", providers=providers)
+    print(bench.table(rows, model_mb=Path(args.model).stat().st_size / 1e6))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from .inspect import format_report, inspect_model
 
@@ -352,6 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="convergence: inject at this tensor (a node output) instead of the logits")
     _add_composite_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="time explanations against plain onnxruntime inference of the model",
+                       description="Time plain onnxruntime inference of MODEL and one explanation per composite "
+                       "(logit mode, the predicted class) in one process, with the same threads, warm-up and "
+                       "repeats; print the medians, the ratio explain / inference, the compile time and the "
+                       "peak memory of each (measured in a fresh child process). tools/bench.py adds Zennit on "
+                       "VGG-16 and ResNet-50.")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("--composites", default="epsilon_plus_flat,epsilon_gamma_box",
+                   help="comma-separated composite names (default epsilon_plus_flat,epsilon_gamma_box; "
+                   "epsilon_gamma_box with bounds -3, 3)")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads "
+                   "(default: all cores)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs; the median is reported (default 10)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="cpu, or gpu (CUDA execution provider)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("inspect", help="show the rule each layer gets and the ops that cannot be explained",
                        description="Print node -> rule/treatment for every node between the input and the logits, "

@@ -47,6 +47,15 @@ class Transform:
             return np.ones_like(v)
         raise ValueError(f"unknown transform {self.kind}")
 
+    @property
+    def nonnegative(self) -> bool:
+        """Every transformed value is >= 0, whatever the weights."""
+        return self.kind in ("positive", "square", "ones")
+
+    @property
+    def nonpositive(self) -> bool:
+        return self.kind == "negative"
+
     def __repr__(self) -> str:
         return {"identity": "W", "positive": "W+", "negative": "W-", "square": "W*W", "ones": "1",
                 "gamma_up": f"W+{self.gamma:g}W+", "gamma_down": f"W+{self.gamma:g}W-"}[self.kind]

@@ -74,9 +74,10 @@ class Builder:
         """u + eps * sign(u), with sign(0) = +1."""
         if eps == 0:
             return u
+        # three passes over u: the comparison, the signed eps (scalars broadcast), the sum
         nonneg = self.op("GreaterOrEqual", [u, self.scalar(0.0)])
-        return self.op("Where", [nonneg, self.op("Add", [u, self.scalar(eps)]),
-                                 self.op("Sub", [u, self.scalar(eps)])], hint="stab")
+        signed_eps = self.op("Where", [nonneg, self.scalar(eps), self.scalar(-eps)])
+        return self.op("Add", [u, signed_eps], hint="stab")
 
     def divide(self, relevance: str, z: str, eps: float) -> str:
         """R / stab(z). Unstabilised (eps = 0), an output with z = 0 passes nothing on instead of 0/0 = NaN."""

@@ -2,7 +2,9 @@
 
 The transpose of a Conv is a ConvTranspose with the same weight, strides, pads, dilations and group,
 with output_padding (and, for windows that overhang, extra end padding) chosen so that it lands
-exactly on the input's spatial size. The transpose of a ConvTranspose is the matching Conv.
+exactly on the input's spatial size; with stride 1 it is emitted as a Conv over the flipped kernel
+(channel axes swapped per group, pads d(k-1) - p), which runs faster. The transpose of a ConvTranspose
+is the matching Conv.
 """
 from __future__ import annotations
 
@@ -61,12 +63,16 @@ class ConvMap(LinearMap):
         g = self.geometry
         self.t_pads, self.output_padding = transpose_geometry(
             g.x_shape[2:], g.y_shape[2:], g.kernel, g.strides, g.dilations, g.pads)
+        self._flipped: dict = {}
 
     def sample_shape(self):
         return self.geometry.x_shape[1:]
 
-    def forward(self, inp, weight, bias):
-        inputs = self.operands(inp, weight, bias)
+    def out_channels(self):
+        return self.weight.shape[0]
+
+    def forward(self, inp, weight, bias, offset=0.0):
+        inputs = self.operands(inp, weight, bias, offset)
         return self.ctx.b.op("Conv", inputs, **self.geometry.attrs())
 
     def forward_constant(self, inp, weight, bias):
@@ -76,9 +82,38 @@ class ConvMap(LinearMap):
         return evaluate_node("Conv", args, **self.geometry.attrs())
 
     def transpose(self, s, weight):
+        pads = self._flipped_pads()
+        if pads is not None:
+            # stride 1: the transpose is a Conv with the kernel flipped and its channel axes swapped,
+            # which onnxruntime runs faster than ConvTranspose (its own im2col/GEMM and NCHWc paths)
+            g = self.geometry
+            return self.ctx.b.op("Conv", [s, self._flipped_weight_name(weight)], kernel_shape=g.kernel,
+                                 strides=g.strides, dilations=g.dilations, pads=pads, group=g.group)
         attrs = self.geometry.attrs(pads=self.t_pads)
         return self.ctx.b.op("ConvTranspose", [s, self.weight_name(weight)], output_padding=self.output_padding,
                              **attrs)
+
+    def _flipped_pads(self):
+        """Pads of the flipped-kernel Conv equal to this Conv's transpose, or None where there is none
+        (strides > 1, or pads wider than the dilated kernel)."""
+        g = self.geometry
+        if any(s != 1 for s in g.strides) or any(self.output_padding):
+            return None
+        nd = len(g.kernel)
+        reach = [d * (k - 1) for d, k in zip(g.dilations, g.kernel)]
+        pads = [reach[i % nd] - p for i, p in enumerate(self.t_pads)]
+        return pads if min(pads) >= 0 else None
+
+    def _flipped_weight_name(self, transform):
+        if transform not in self._flipped:
+            w = transform(self.weight)
+            groups, nd = self.geometry.group, w.ndim - 2
+            c_out, c_in_g = w.shape[:2]
+            w = w.reshape((groups, c_out // groups, c_in_g) + w.shape[2:]).swapaxes(1, 2)
+            w = w.reshape((groups * c_in_g, c_out // groups) + w.shape[3:])
+            w = np.flip(w, axis=tuple(range(2, 2 + nd)))
+            self._flipped[transform] = self.ctx.b.const(w, hint=f"W_{transform.kind}_flipped")
+        return self._flipped[transform]
 
 
 class ConvTransposeMap(LinearMap):
@@ -98,8 +133,11 @@ class ConvTransposeMap(LinearMap):
     def sample_shape(self):
         return self.geometry.x_shape[1:]
 
-    def forward(self, inp, weight, bias):
-        inputs = self.operands(inp, weight, bias)
+    def out_channels(self):
+        return self.weight.shape[1] * self.geometry.group
+
+    def forward(self, inp, weight, bias, offset=0.0):
+        inputs = self.operands(inp, weight, bias, offset)
         return self.ctx.b.op("ConvTranspose", inputs, output_padding=self.output_padding, **self.geometry.attrs())
 
     def forward_constant(self, inp, weight, bias):

@@ -24,8 +24,11 @@ class DenseMap(LinearMap):
     def sample_shape(self):
         return (self.n_in,)
 
-    def forward(self, inp, weight, bias):
-        inputs = self.operands(inp, weight, bias)
+    def out_channels(self):
+        return self.weight.shape[0]
+
+    def forward(self, inp, weight, bias, offset=0.0):
+        inputs = self.operands(inp, weight, bias, offset)
         return self.ctx.b.op("Gemm", inputs, transB=1)
 
     def forward_constant(self, inp, weight, bias):

@@ -29,16 +29,20 @@ class LinearMap:
             self._weights[transform] = self.ctx.b.const(transform(self.weight), hint=f"W_{transform.kind}")
         return self._weights[transform]
 
-    def bias_name(self, transform: Transform | None) -> str | None:
-        if transform is None or self.bias is None:
+    def bias_name(self, transform: Transform | None, offset: float = 0.0) -> str | None:
+        """The transformed bias b' (+ offset: a stabiliser folded in), or None where there is none."""
+        if (transform is None or self.bias is None) and offset == 0:
             return None
-        if transform not in self._biases:
-            self._biases[transform] = self.ctx.b.const(transform(self.bias), hint=f"b_{transform.kind}")
-        return self._biases[transform]
+        key = (transform if self.bias is not None else None, offset)
+        if key not in self._biases:
+            values = transform(self.bias) if key[0] is not None else np.zeros(self.out_channels())
+            self._biases[key] = self.ctx.b.const(values + offset, hint=f"b_{transform.kind if key[0] else 'zero'}"
+                                                 + ("_stab" if offset else ""))
+        return self._biases[key]
 
-    def operands(self, inp: str, weight: Transform, bias: Transform | None) -> list[str]:
-        """[inp, W'] or [inp, W', b']: the inputs of a forward op with transformed parameters."""
-        bias_name = self.bias_name(bias)
+    def operands(self, inp: str, weight: Transform, bias: Transform | None, offset: float = 0.0) -> list[str]:
+        """[inp, W'] or [inp, W', b' (+ offset)]: the inputs of a forward op with transformed parameters."""
+        bias_name = self.bias_name(bias, offset)
         return [inp, self.weight_name(weight)] + ([bias_name] if bias_name else [])
 
     def output(self) -> str:
@@ -49,7 +53,12 @@ class LinearMap:
         """The explained layer input's shape without the batch axis (static)."""
         raise NotImplementedError
 
-    def forward(self, inp: str, weight: Transform, bias: Transform | None) -> str:
+    def out_channels(self) -> int:
+        """Length of the bias vector."""
+        raise NotImplementedError
+
+    def forward(self, inp: str, weight: Transform, bias: Transform | None, offset: float = 0.0) -> str:
+        """W' inp + b' (+ offset)."""
         raise NotImplementedError
 
     def forward_constant(self, inp: np.ndarray, weight: Transform, bias: Transform | None) -> np.ndarray:
@@ -125,19 +134,37 @@ def _reuses_forward(layer: LinearMap, term) -> bool:
         layer.bias is None or term.bias == IDENTITY)
 
 
+def _nonnegative(term, inputs: _InputParts) -> bool:
+    """Is sign * input * W' + b' >= 0 for any input and weights, by the signs of its factors alone?"""
+    if term.sign < 0 or term.input in CONSTANT_INPUTS:
+        return False
+    bias_ok = term.bias is None or term.bias.nonnegative
+    if term.input == "x+" or (term.input == "x" and inputs.nonnegative):
+        return term.weight.nonnegative and bias_ok
+    return term.input == "x-" and term.weight.nonpositive and term.bias is None
+
+
 def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps: float) -> str:
-    """s = gate * R / stab(z_group)."""
+    """s = gate * R / stab(z_group). Where z_group >= 0 by construction (ZPlus, and any rule on
+    non-negative inputs with non-negative weights), stab(z) = z + eps and eps goes into a bias."""
     b = ctx.b
-    parts, constant = [], None
+    computed = [t for t in terms if t.input not in CONSTANT_INPUTS]
+    constant = None
     for t in terms:
-        if _reuses_forward(layer, t):
-            parts.append((layer.output(), t.sign))
-        elif t.input in CONSTANT_INPUTS:
+        if t.input in CONSTANT_INPUTS:
             value = t.sign * layer.forward_constant(inputs.constant(t.input), t.weight, t.bias).astype(np.float64)
             constant = value if constant is None else constant + value
+    fold = (eps > 0 and computed and constant is None and all(_nonnegative(t, inputs) for t in computed))
+    parts = []
+    for k, t in enumerate(computed):
+        if _reuses_forward(layer, t):
+            parts.append((layer.output(), t.sign))
         else:
-            parts.append((layer.forward(inputs.name(t.input), t.weight, t.bias), t.sign))
-    if parts:
+            offset = eps if fold and k == 0 else 0.0
+            parts.append((layer.forward(inputs.name(t.input), t.weight, t.bias, offset), t.sign))
+    if fold:
+        s = b.op("Div", [ctx.R(), _signed_sum(ctx, parts)])
+    elif parts:
         z = _signed_sum(ctx, parts)
         if constant is not None:
             z = b.op("Add", [z, b.const(constant, hint="z_const")])

@@ -32,6 +32,10 @@ CONVS = {
     "1d_k3_s2_p1": ((2, 3, 9), (4, 3, 3), dict(strides=[2], pads=[1, 1])),
     "3d_k3_s1_p1": ((2, 2, 4, 4, 4), (3, 2, 3, 3, 3), dict(pads=[1] * 6)),
     "3d_k2_s2": ((2, 2, 4, 5, 4), (2, 2, 2, 2, 2), dict(strides=[2, 2, 2])),
+    # stride 1 transposes run as a Conv over the flipped kernel, except where the pads exceed the kernel
+    "2d_depthwise_s1": ((2, 3, 5, 5), (6, 1, 3, 3), dict(group=3, pads=[1, 1, 1, 1])),
+    "1d_k1_s1": ((2, 4, 7), (5, 4, 1), {}),
+    "1d_k1_p1_too_wide": ((2, 2, 5), (3, 2, 1), dict(pads=[1, 1])),
 }
 
 

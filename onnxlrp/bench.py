@@ -1,0 +1,166 @@
+"""Timing an explanation against plain inference, in one process and one run (`onnxlrp bench MODEL`).
+
+Every timing uses the same thread count, warm-up and repeats and reports the median. Plain inference is
+an onnxruntime session of the original model with full graph optimisation; an explanation is one
+`Explainer.explain` call (the predicted class, logit mode). Peak memory is measured in a fresh child
+process per session (the high-water mark of its resident set above what the process held before it
+loaded the model), since in one process the high-water mark only ever grows.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from . import composites as composites_module
+
+
+@dataclass
+class Timing:
+    what: str                   # "inference", a composite's name, "zennit <composite>"
+    batch: int
+    median_ms: float
+    times_ms: list = field(default_factory=list)
+    compile_s: float | None = None
+    peak_mb: float | None = None
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def measure(run, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of each of `repeats` calls of run(), after `warmup` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def input_batch(model_path: str, batch: int, seed: int = 0) -> np.ndarray:
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    shape = [batch] + [d if isinstance(d, int) else 1 for d in first.shape[1:]]
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def time_inference(model_path: str, x: np.ndarray, threads: int, warmup: int, repeats: int,
+                   providers=None) -> Timing:
+    session = ort.InferenceSession(model_path, session_options(threads),
+                                   providers=providers or ["CPUExecutionProvider"])
+    feeds = {session.get_inputs()[0].name: x}
+    times = measure(lambda: session.run(None, feeds), warmup, repeats)
+    return Timing("inference", len(x), statistics.median(times), times)
+
+
+def time_explain(model_path: str, composite_name: str, x: np.ndarray, threads: int, warmup: int, repeats: int,
+                 providers=None, composite=None) -> Timing:
+    from .runtime import Explainer
+
+    start = time.perf_counter()
+    explainer = Explainer(model_path, composite=composite or composite_for(composite_name), providers=providers,
+                          session_options=session_options(threads))
+    explainer.compiled("logit")
+    compile_s = time.perf_counter() - start
+    times = measure(lambda: explainer.explain(x), warmup, repeats)
+    return Timing(composite_name, len(x), statistics.median(times), times, compile_s=compile_s)
+
+
+def _peak_child(kind: str, model_path: str, composite, batch: int, threads: int, queue) -> None:
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    x = input_batch(model_path, batch)
+    if kind == "inference":
+        session = ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: x})
+    else:
+        from .runtime import Explainer
+        Explainer(model_path, composite=composite_for(composite), session_options=session_options(threads)).explain(x)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024.0)
+
+
+def peak_memory_mb(kind: str, model_path: str, batch: int, threads: int, composite=None) -> float:
+    """Peak resident memory (MB) that building and running one session adds, in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_peak_child, args=(kind, model_path, composite, batch, threads, queue))
+    child.start()
+    value = queue.get(timeout=600)
+    child.join()
+    return value
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, onnxruntime {ort.__version__}"
+
+
+def benchmark(model_path: str, composite_names: list[str], batches: list[int], threads: int, warmup: int = 2,
+              repeats: int = 10, memory: bool = True, providers=None, extra=None) -> list[Timing]:
+    """Inference and each composite (and `extra(x, batch)` -> [Timing], e.g. Zennit) at each batch size."""
+    rows = []
+    for batch in batches:
+        x = input_batch(model_path, batch)
+        rows.append(time_inference(model_path, x, threads, warmup, repeats, providers))
+        for name in composite_names:
+            rows.append(time_explain(model_path, name, x, threads, warmup, repeats, providers))
+        if extra is not None:
+            rows.extend(extra(x, batch))
+        if memory:
+            for row in rows:
+                if row.batch == batch and row.peak_mb is None and not row.what.startswith("zennit"):
+                    kind = "inference" if row.what == "inference" else "explain"
+                    row.peak_mb = peak_memory_mb(kind, model_path, batch, threads,
+                                                 None if kind == "inference" else row.what)
+    return rows
+
+
+def table(rows: list[Timing], model_mb: float | None = None) -> str:
+    """Markdown: per batch, each row's median, its ratio to inference, Zennit / onnxlrp where both ran."""
+    lines = ["| batch | what | median ms | × inference | zennit / onnxlrp | compile s | peak MB |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for batch in sorted({r.batch for r in rows}):
+        same = [r for r in rows if r.batch == batch]
+        base = next((r.median_ms for r in same if r.what == "inference"), None)
+        ours = {r.what: r.median_ms for r in same if r.what != "inference" and not r.what.startswith("zennit")}
+        for r in same:
+            ratio = f"{r.median_ms / base:.2f}" if base and r.what != "inference" else ""
+            versus = ""
+            if r.what.startswith("zennit"):
+                name = r.what.split(" ", 1)[1]
+                versus = f"{r.median_ms / ours[name]:.2f}" if name in ours else ""
+            lines.append(f"| {batch} | {r.what} | {r.median_ms:.1f} | {ratio} | {versus} | "
+                         f"{'' if r.compile_s is None else f'{r.compile_s:.2f}'} | "
+                         f"{'' if r.peak_mb is None else f'{r.peak_mb:.0f}'} |")
+    if model_mb is not None:
+        lines.append(f"\nmodel size {model_mb:.0f} MB")
+    return "\n".join(lines)
+
+
+# Composites that need input bounds are timed with those of standardised images.
+BOUNDS = dict(low=-3.0, high=3.0)
+
+
+def composite_for(name: str):
+    key = name.strip().lower().replace("-", "_")
+    return composites_module.get(key, **BOUNDS) if key == "epsilon_gamma_box" else composites_module.get(key)

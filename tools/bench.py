@@ -1,0 +1,221 @@
+"""Benchmark: plain onnxruntime inference vs onnxlrp vs Zennit on VGG-16 and ResNet-50, one process, one run.
+
+    python tools/bench.py                          # both models, batch 1 and 8, 2 threads
+    python tools/bench.py --models resnet50 --batches 1 --threads 2 --repeats 10
+
+The architectures are built in torch with seeded random weights (no downloads) and exported to ONNX
+(cached in --cache). Needs torch; Zennit (pip install --no-deps zennit) is timed when it imports.
+Every timing: the same thread count (onnxruntime intra-op threads = torch threads), warm-up, the median
+of the repeats, logit mode on the predicted class. Zennit runs on a BatchNorm-merged copy of the same
+weights (what its canonizers do) with zennit.layer.Sum at the residual joins.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnxlrp import bench  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    sys.exit("tools/bench.py builds its models with torch: pip install torch")
+
+
+def _zennit():
+    try:
+        import importlib.util
+        if importlib.util.find_spec("torchvision") is None:
+            sys.path.insert(0, str(ROOT / "tests" / "zennit_stub"))
+        import zennit.composites as composites
+        from zennit.attribution import Gradient
+        from zennit.layer import Sum
+        return composites, Gradient, Sum
+    except Exception:
+        return None
+
+
+ZENNIT = _zennit()
+VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG(torch.nn.Module):
+    def __init__(self, config=VGG16, classes=1000):
+        super().__init__()
+        layers, channels = [], 3
+        for v in config:
+            if v == "M":
+                layers.append(torch.nn.MaxPool2d(2, 2))
+            else:
+                layers += [torch.nn.Conv2d(channels, v, 3, padding=1), torch.nn.ReLU()]
+                channels = v
+        self.features = torch.nn.Sequential(*layers)
+        self.classifier = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(512 * 7 * 7, 4096), torch.nn.ReLU(), torch.nn.Dropout(),
+            torch.nn.Linear(4096, 4096), torch.nn.ReLU(), torch.nn.Dropout(), torch.nn.Linear(4096, classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class Bottleneck(torch.nn.Module):
+    def __init__(self, c_in, width, stride, zennit_sum=False):
+        super().__init__()
+        c_out = width * 4
+        self.conv1, self.bn1 = torch.nn.Conv2d(c_in, width, 1, bias=False), torch.nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = torch.nn.Conv2d(width, width, 3, stride, 1, bias=False), torch.nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = torch.nn.Conv2d(width, c_out, 1, bias=False), torch.nn.BatchNorm2d(c_out)
+        self.relu1, self.relu2, self.relu3 = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.ReLU()
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                            torch.nn.BatchNorm2d(c_out))
+        self.sum = ZENNIT[2]() if zennit_sum else None
+
+    def forward(self, x):
+        h = self.relu1(self.bn1(self.conv1(x)))
+        h = self.relu2(self.bn2(self.conv2(h)))
+        h = self.bn3(self.conv3(h))
+        skip = x if self.down is None else self.down(x)
+        joined = self.sum(torch.stack([h, skip], dim=-1)) if self.sum is not None else h + skip
+        return self.relu3(joined)
+
+
+class ResNet50(torch.nn.Module):
+    def __init__(self, classes=1000, zennit_sum=False):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False), torch.nn.BatchNorm2d(64),
+                                        torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1))
+        blocks, c_in = [], 64
+        for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for k in range(count):
+                blocks.append(Bottleneck(c_in, width, stride if k == 0 else 1, zennit_sum))
+                c_in = width * 4
+        self.blocks = torch.nn.Sequential(*blocks)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(2048, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+def _seeded(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):   # running statistics that are not the identity
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def build(name: str):
+    """(model for export, twin for Zennit with BatchNorm merged and Sum at the joins)."""
+    torch.manual_seed(0)
+    model = _seeded(VGG() if name == "vgg16" else ResNet50(), 0)
+    if name == "vgg16":
+        return model, model
+    twin = ResNet50(zennit_sum=ZENNIT is not None)
+    twin.load_state_dict(model.state_dict(), strict=False)
+    return model, _merge_batchnorm(twin.eval())
+
+
+def _merge_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def merge(parent, conv_name, bn_name):
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(parent, bn_name, torch.nn.Identity())
+
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            for k in (1, 2, 3):
+                merge(module, f"conv{k}", f"bn{k}")
+            if module.down is not None:
+                module.down = torch.nn.Sequential(fuse_conv_bn_eval(module.down[0], module.down[1]))
+    model.stem = torch.nn.Sequential(fuse_conv_bn_eval(model.stem[0], model.stem[1]), *list(model.stem)[2:])
+    return model
+
+
+def export(name: str, cache: Path) -> Path:
+    path = cache / f"{name}.onnx"
+    if not path.exists():
+        model, _ = build(name)
+        buffer = io.BytesIO()
+        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), buffer, dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)
+    return path
+
+
+def zennit_timings(name: str, composite_names, threads, warmup, repeats):
+    if ZENNIT is None:
+        return lambda x, batch: []
+    composites, Gradient, _ = ZENNIT
+    _, twin = build(name)
+    made = {"epsilon_plus_flat": lambda: composites.EpsilonPlusFlat(),
+            "epsilon_gamma_box": lambda: composites.EpsilonGammaBox(**bench.BOUNDS),
+            "epsilon_plus": lambda: composites.EpsilonPlus(),
+            "epsilon_alpha2_beta1_flat": lambda: composites.EpsilonAlpha2Beta1Flat()}
+
+    def start(out):     # logit mode on the predicted class, as onnxlrp's default
+        return out * torch.nn.functional.one_hot(out.argmax(1), out.shape[1]).to(out.dtype)
+
+    def run(x, batch):
+        rows = []
+        xt = torch.from_numpy(x)
+        for composite_name in composite_names:
+            if composite_name not in made:
+                continue
+            with Gradient(model=twin, composite=made[composite_name]()) as attributor:
+                times = bench.measure(lambda: attributor(xt, start), warmup, repeats)
+            rows.append(bench.Timing(f"zennit {composite_name}", batch, statistics.median(times), times))
+        return rows
+
+    return run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="vgg16,resnet50", help="vgg16, resnet50 (comma-separated)")
+    parser.add_argument("--composites", default="epsilon_plus_flat,epsilon_gamma_box")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "onnxlrp-bench"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    names = args.composites.split(",")
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats}; "
+          f"torch {torch.__version__}; zennit {'yes' if ZENNIT else 'not installed'}")
+    for name in args.models.split(","):
+        path = export(name, Path(args.cache))
+        rows = bench.benchmark(str(path), names, batches, args.threads, args.warmup, args.repeats,
+                               memory=not args.no_memory,
+                               extra=zennit_timings(name, names, args.threads, args.warmup, args.repeats))
+        print(f"\n### {name} ({path})\n")
+        print(bench.table(rows, model_mb=path.stat().st_size / 1e6))
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
