@@ -65,7 +65,8 @@ class PairwiseMap(LinearMap):
             self._weights[transform] = self._transformed(self.w_diff, transform)
         return self._weights[transform]
 
-    def bias_name(self, transform: Transform | None) -> str | None:
+    def bias_name(self, transform: Transform | None, offset: float = 0.0) -> str | None:
+        assert offset == 0.0, "the pairwise layer adds its offset in forward()"
         if transform is None or self.b_diff is None:
             return None
         if transform not in self._biases:
@@ -75,12 +76,13 @@ class PairwiseMap(LinearMap):
     def sample_shape(self):
         return (self.n_in,)
 
-    def forward(self, inp, weight, bias):
+    def forward(self, inp, weight, bias, offset=0.0):
         b = self.ctx.b
         column = b.op("Unsqueeze", [inp, b.ints([2])])                       # [N, K, 1]
         z = b.op("Squeeze", [b.op("MatMul", [self.weight_name(weight), column]), b.ints([2])])  # [N, C]
         bias_name = self.bias_name(bias)
-        return b.op("Add", [z, bias_name]) if bias_name else z
+        z = b.op("Add", [z, bias_name]) if bias_name else z
+        return b.op("Add", [z, b.scalar(offset)]) if offset else z
 
     def forward_constant(self, inp, weight, bias):
         raise UnsupportedModelError("contrastive mode: the layer under the logits gets a rule with an "
