@@ -23,6 +23,7 @@ from .composites import Composite, Layer
 from .errors import UnsupportedModelError, UnsupportedOpError
 from .graph import ForwardGraph
 from .model import is_large, load_model, save_model
+from .zero_relevance import ZeroRelevance
 from .ops import WEIGHTED, handler_for
 from .ops.context import Builder, NodeContext
 from .output_relevance import build_output_relevance
@@ -175,6 +176,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             found = contrastive_layer.op_type if contrastive_layer is not None else "a graph input"
             raise UnsupportedModelError(f"mode 'contrastive' needs a dense layer (Gemm/MatMul) right under the "
                                         f"logits '{logits}' and at least two classes; here they come from {found}")
+    zeros = ZeroRelevance(fwd, path, rules, logits, live)
     received: dict[str, list[str]] = {logits: [start]} if start else {}
     sum_outputs, layer_relevance = [], []   # top-down
     for node in reversed(path):
@@ -185,7 +187,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         rule = rules.get(node.name)
         b.set_scope(node.name)
         ctx = NodeContext(node=by_name[node.name], graph=fwd, b=b, rule=rule, relevance_out=relevance_out,
-                          live=[bool(i) and i in live for i in node.input])
+                          live=[bool(i) and i in live for i in node.input],
+                          only_where_positive=node.op_type in WEIGHTED and not contrastive
+                          and zeros.only_where_positive(node))
         if contrastive:  # the relevance starts here, on the pairwise difference layer
             sent, start = contrastive_relevance(ctx, extra_outputs[0].name, int(logits_shape[1]))
         else:

@@ -127,6 +127,7 @@ class NodeContext:
     rule: Rule | None             # from the composite for weighted layers and declared ops, else None
     relevance_out: list[str | None]
     live: list[bool]              # per input: does it depend on the explained input?
+    only_where_positive: bool = False   # relevance at the output is 0 wherever the output is <= 0
 
     @property
     def name(self) -> str:

@@ -6,6 +6,8 @@ Gemm each provide one; everything rule-specific happens here, once for all of th
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..rules import CONSTANT_INPUTS, IDENTITY, Group, Norm, Pass, Rule, Transform
@@ -78,6 +80,12 @@ def propagate(ctx: NodeContext, layer: LinearMap, rule: Rule) -> str:
     inputs = _InputParts(ctx, layer)
     group_results = []
     for group in rule.groups():
+        if group.gate and ctx.only_where_positive:
+            # relevance is 0 where z <= 0 (zero_relevance.py): the negative branch carries nothing and
+            # the positive gate changes nothing
+            if group.gate == "negative":
+                continue
+            group = replace(group, gate=None)
         terms = [t for t in group.terms if not inputs.vanishes(t.input)]
         s = _scaled_relevance(ctx, layer, group, terms, inputs, rule.stabilizer)
         back = [(inputs.times(t.input, layer.transpose(s, t.weight)), t.sign) for t in terms]
