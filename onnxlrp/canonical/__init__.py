@@ -69,9 +69,26 @@ def _export(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
     return model
 
 
+# Initialisers larger than this go through shape inference as shapes only (their bytes are set aside):
+# serialising a VGG-16's half gigabyte of weights for every round would dominate the compile time.
+_SHAPE_ONLY_BYTES = 4096
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with inferred value_info and output types (the same object, updated in place)."""
+    set_aside = [(t, t.raw_data) for t in model.graph.initializer if len(t.raw_data) > _SHAPE_ONLY_BYTES]
+    for tensor, _ in set_aside:
+        tensor.ClearField("raw_data")
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"shape inference failed on the model: {first}") from None
+    finally:
+        for tensor, data in set_aside:
+            tensor.raw_data = data
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for output, typed in zip(model.graph.output, inferred.graph.output):
+        output.type.CopyFrom(typed.type)
+    return model
