@@ -3,8 +3,10 @@
 Every timing uses the same thread count, warm-up and repeats and reports the median. Plain inference is
 an onnxruntime session of the original model with full graph optimisation; an explanation is one
 `Explainer.explain` call (the predicted class, logit mode). Peak memory is measured in a fresh child
-process per session (the high-water mark of its resident set above what the process held before it
-loaded the model), since in one process the high-water mark only ever grows.
+process per case (the high-water mark of its resident set above what it held before), since in one
+process the high-water mark only ever grows: for inference and for an explanation, a session of the
+model (the original, or the compiled explainer read from a file, as a server would load it) built and
+run once; separately, the compilation.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -29,7 +33,8 @@ class Timing:
     median_ms: float
     times_ms: list = field(default_factory=list)
     compile_s: float | None = None
-    peak_mb: float | None = None
+    peak_mb: float | None = None          # one session built and run once, in a fresh process
+    compile_peak_mb: float | None = None  # compiling the explainer, in a fresh process
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -82,27 +87,59 @@ def time_explain(model_path: str, composite_name: str, x: np.ndarray, threads: i
     return Timing(composite_name, len(x), statistics.median(times), times, compile_s=compile_s)
 
 
-def _peak_child(kind: str, model_path: str, composite, batch: int, threads: int, queue) -> None:
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    x = input_batch(model_path, batch)
-    if kind == "inference":
+def _peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM; ru_maxrss would carry the parent's peak over exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite, queue) -> None:
+    baseline = _peak_rss_mb()
+    if kind == "compile":
+        from .compiler import compile_explainer
+        compile_explainer(model_path, composite=composite_for(composite))
+    else:   # one session of the model at model_path (the original, or a compiled explainer) and one run
         session = ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
-        session.run(None, {session.get_inputs()[0].name: x})
-    else:
-        from .runtime import Explainer
-        Explainer(model_path, composite=composite_for(composite), session_options=session_options(threads)).explain(x)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024.0)
+        feeds = {}
+        for value in session.get_inputs():
+            shape = [batch] + [d if isinstance(d, int) else 1 for d in value.shape[1:]]
+            feeds[value.name] = (np.full(shape, -1, np.int64) if "int64" in value.type
+                                 else np.random.default_rng(0).normal(size=shape).astype(np.float32))
+        session.run(None, feeds)
+    queue.put(_peak_rss_mb() - baseline)
 
 
-def peak_memory_mb(kind: str, model_path: str, batch: int, threads: int, composite=None) -> float:
-    """Peak resident memory (MB) that building and running one session adds, in a fresh process."""
+def peak_memory_mb(kind: str, model_path: str, batch: int = 1, threads: int = 1, composite=None) -> float:
+    """Peak resident memory (MB) added, in a fresh process, by kind "session" (building a session of the
+    model at model_path and running it once) or "compile" (compiling its explainer with `composite`)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_peak_child, args=(kind, model_path, composite, batch, threads, queue))
+    child = context.Process(target=_peak_child, args=(kind, model_path, batch, threads, composite, queue))
     child.start()
-    value = queue.get(timeout=600)
+    value = queue.get(timeout=1800)
     child.join()
     return value
+
+
+def _explainer_peaks(model_path: str, names: list[str], batches: list[int], threads: int) -> dict:
+    """(composite, batch) -> peak MB of a session of the compiled explainer; (composite, "compile") -> peak
+    MB of compiling it. The explainer is compiled here once and read back by each child from a file."""
+    from .compiler import compile_explainer
+    from .model import save_model
+
+    peaks = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            path = save_model(compile_explainer(model_path, composite=composite_for(name)).model,
+                              Path(folder) / f"{name}.onnx")
+            for batch in batches:
+                peaks[name, batch] = peak_memory_mb("session", str(path), batch, threads)
+            peaks[name, "compile"] = peak_memory_mb("compile", model_path, composite=name)
+            path.unlink()
+    return peaks
 
 
 def machine() -> str:
@@ -126,19 +163,20 @@ def benchmark(model_path: str, composite_names: list[str], batches: list[int], t
             rows.append(time_explain(model_path, name, x, threads, warmup, repeats, providers))
         if extra is not None:
             rows.extend(extra(x, batch))
-        if memory:
-            for row in rows:
-                if row.batch == batch and row.peak_mb is None and not row.what.startswith("zennit"):
-                    kind = "inference" if row.what == "inference" else "explain"
-                    row.peak_mb = peak_memory_mb(kind, model_path, batch, threads,
-                                                 None if kind == "inference" else row.what)
+    if memory:
+        peaks = _explainer_peaks(model_path, composite_names, batches, threads)
+        for row in rows:
+            if row.what == "inference":
+                row.peak_mb = peak_memory_mb("session", model_path, row.batch, threads)
+            elif (row.what, row.batch) in peaks:
+                row.peak_mb, row.compile_peak_mb = peaks[row.what, row.batch], peaks[row.what, "compile"]
     return rows
 
 
 def table(rows: list[Timing], model_mb: float | None = None) -> str:
     """Markdown: per batch, each row's median, its ratio to inference, Zennit / onnxlrp where both ran."""
-    lines = ["| batch | what | median ms | × inference | zennit / onnxlrp | compile s | peak MB |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| batch | what | median ms | × inference | zennit / onnxlrp | compile s | peak MB | compile peak MB |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for batch in sorted({r.batch for r in rows}):
         same = [r for r in rows if r.batch == batch]
         base = next((r.median_ms for r in same if r.what == "inference"), None)
@@ -151,7 +189,8 @@ def table(rows: list[Timing], model_mb: float | None = None) -> str:
                 versus = f"{r.median_ms / ours[name]:.2f}" if name in ours else ""
             lines.append(f"| {batch} | {r.what} | {r.median_ms:.1f} | {ratio} | {versus} | "
                          f"{'' if r.compile_s is None else f'{r.compile_s:.2f}'} | "
-                         f"{'' if r.peak_mb is None else f'{r.peak_mb:.0f}'} |")
+                         f"{'' if r.peak_mb is None else f'{r.peak_mb:.0f}'} | "
+                         f"{'' if r.compile_peak_mb is None else f'{r.compile_peak_mb:.0f}'} |")
     if model_mb is not None:
         lines.append(f"\nmodel size {model_mb:.0f} MB")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ class Explainer:
         self.model = load_model(model)
         self.composite = composites_module.get(composite)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        _check_providers(self.providers)
         self.output = output
         self.explained_inputs = inputs
         self.layer_sums = layer_sums
@@ -232,13 +233,30 @@ def forward_model(compiled: CompiledExplainer) -> onnx.ModelProto:
 
 
 def _default_session_options(threads: int | None) -> ort.SessionOptions:
+    """All graph optimisations (layout transforms: NCHWc convolutions on CPU), sequential execution (the
+    relevance graph is one long chain; inter-op parallelism only adds contention), the memory-pattern
+    planner and arena (same shapes call after call), and `threads` intra-op threads (default: all cores)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_mem_pattern = True
+    options.enable_cpu_mem_arena = True
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
+
+
+def _check_providers(providers: list) -> None:
+    """A provider this onnxruntime build lacks is an error here, not a silent fall back to the CPU."""
+    available = ort.get_available_providers()
+    missing = [p if isinstance(p, str) else p[0] for p in providers
+               if (p if isinstance(p, str) else p[0]) not in available]
+    if missing:
+        hint = " (install onnxruntime-gpu instead of onnxruntime)" if any("CUDA" in m for m in missing) else ""
+        raise InputError(f"execution provider(s) {missing} are not available in this onnxruntime build; it has "
+                         f"{available}{hint}")
 
 
 def _targets(target, n: int, n_classes: int) -> np.ndarray:

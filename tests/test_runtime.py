@@ -99,3 +99,12 @@ def test_minus_one_in_a_target_array_is_the_predicted_class(models_dir, rng):
     assert mixed.target.tolist() == [predicted[0], 2, predicted[2]]
     with pytest.raises(InputError, match="out of range"):
         explainer.explain(x, target=[-2, 0, 0])
+
+
+def test_a_provider_the_build_lacks_is_a_clear_error(models_dir):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(InputError, match="onnxruntime-gpu"):
+        Explainer(models_dir / "tiny_resnet.onnx", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])

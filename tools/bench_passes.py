@@ -1,0 +1,91 @@
+"""Before/after timing of one compiler pass: the explainer compiled with the pass off and on, run alternately.
+
+    python tools/bench_passes.py MODEL.onnx PASS [--composite epsilon_plus_flat] [--batch 1] [--rounds 12]
+
+PASS is one of: reuse (Epsilon reuses the forward z), flip (stride-1 transposes as flipped-kernel Conv),
+fold (stabiliser folded into the bias where z >= 0), stab (three-pass instead of four-pass stabiliser),
+gamma (Gamma's negative branch left out after ReLUs). "Off" swaps the pass's decision function for one
+that always declines, so both graphs come from the same code. Both sessions stay alive and run in
+turn, so drifts of the machine's speed hit both alike; the median of the rounds after the first two
+is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import onnxlrp.ops.context as context  # noqa: E402
+import onnxlrp.ops.conv as conv  # noqa: E402
+import onnxlrp.ops.weighted as weighted  # noqa: E402
+from onnxlrp import bench  # noqa: E402
+from onnxlrp.compiler import compile_explainer  # noqa: E402
+from onnxlrp.zero_relevance import ZeroRelevance  # noqa: E402
+
+
+def _four_pass_stabilize(self, u, eps):
+    if eps == 0:
+        return u
+    nonneg = self.op("GreaterOrEqual", [u, self.scalar(0.0)])
+    return self.op("Where", [nonneg, self.op("Add", [u, self.scalar(eps)]), self.op("Sub", [u, self.scalar(eps)])])
+
+
+OFF = {
+    "reuse": (weighted, "_reuses_forward", lambda layer, term: False),
+    "flip": (conv.ConvMap, "_flipped_pads", lambda self: None),
+    "fold": (weighted, "_nonnegative", lambda term, inputs: False),
+    "stab": (context.Builder, "stabilize", _four_pass_stabilize),
+    "gamma": (ZeroRelevance, "only_where_positive", lambda self, node: False),
+}
+
+
+@contextmanager
+def switched_off(name: str):
+    owner, attribute, replacement = OFF[name]
+    original = getattr(owner, attribute)
+    setattr(owner, attribute, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, original)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("switch", choices=sorted(OFF))
+    parser.add_argument("--composite", default="epsilon_plus_flat")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=12)
+    args = parser.parse_args(argv)
+    composite = bench.composite_for(args.composite)
+    with switched_off(args.switch):
+        off = compile_explainer(args.model, composite=composite).model
+    on = compile_explainer(args.model, composite=composite).model
+    sessions = [ort.InferenceSession(m.SerializeToString(), bench.session_options(args.threads),
+                                     providers=["CPUExecutionProvider"]) for m in (off, on)]
+    x = bench.input_batch(args.model, args.batch)
+    feeds = {sessions[0].get_inputs()[0].name: x, "target": np.full(args.batch, -1, np.int64)}
+    times = [[], []]
+    for _ in range(args.rounds):
+        for session, record in zip(sessions, times):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            record.append((time.perf_counter() - start) * 1e3)
+    before, after = (statistics.median(t[2:]) for t in times)
+    print(f"{Path(args.model).name} {args.composite} batch {args.batch}, {args.switch}: "
+          f"off {before:.1f} ms, on {after:.1f} ms, speed-up {before / after:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
