@@ -65,6 +65,16 @@ def input_batch(model_path: str, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
+def random_feeds(session: ort.InferenceSession, batch: int) -> dict:
+    """A batch for any session: normal noise for float inputs, -1 (the predicted class) for int64 targets."""
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [batch] + [d if isinstance(d, int) else 1 for d in value.shape[1:]]
+        feeds[value.name] = (np.full(shape, -1, np.int64) if "int64" in value.type
+                             else np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    return feeds
+
+
 def time_inference(model_path: str, x: np.ndarray, threads: int, warmup: int, repeats: int,
                    providers=None) -> Timing:
     session = ort.InferenceSession(model_path, session_options(threads),
@@ -103,12 +113,7 @@ def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite,
         compile_explainer(model_path, composite=composite_for(composite))
     else:   # one session of the model at model_path (the original, or a compiled explainer) and one run
         session = ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
-        feeds = {}
-        for value in session.get_inputs():
-            shape = [batch] + [d if isinstance(d, int) else 1 for d in value.shape[1:]]
-            feeds[value.name] = (np.full(shape, -1, np.int64) if "int64" in value.type
-                                 else np.random.default_rng(0).normal(size=shape).astype(np.float32))
-        session.run(None, feeds)
+        session.run(None, random_feeds(session, batch))
     queue.put(_peak_rss_mb() - baseline)
 
 

@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,12 +36,7 @@ def placements(model: str, composite: str, provider: str, batch: int = 2) -> col
         options.profile_file_prefix = str(Path(folder) / "profile")
         providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=providers)
-        feeds = {}
-        for value in session.get_inputs():
-            shape = [batch] + [d if isinstance(d, int) else 1 for d in value.shape[1:]]
-            feeds[value.name] = (np.full(shape, -1, np.int64) if "int64" in value.type
-                                 else np.random.default_rng(0).normal(size=shape).astype(np.float32))
-        session.run(None, feeds)
+        session.run(None, bench.random_feeds(session, batch))
         events = json.loads(Path(session.end_profiling()).read_text())
     counts = collections.Counter()
     for event in events:
