@@ -200,8 +200,8 @@ class Job:
     it is right even when the job is interrupted."""
 
     def __init__(self, items: list[Item], settings: Settings, batch_size: int = 16, overwrite: bool = False,
-                 show_progress: bool = True, report=print):
-        self.settings, self.batch_size, self.show_progress, self.report = settings, batch_size, show_progress, report
+                 show_progress: bool = True, verbose: bool = False):
+        self.settings, self.batch_size, self.show_progress, self.verbose = settings, batch_size, show_progress, verbose
         self.summary = Summary()
         self.pending = [item for item in items if overwrite or not done_marker(item, settings).exists()]
         self.summary.skipped = len(items) - len(self.pending)
@@ -215,7 +215,8 @@ class Job:
             path = outcome.item.path
             if outcome.error is None:
                 self.summary.explained += 1
-                self.report(f"{path}: {outcome.note} -> {self.settings.out / outcome.item.key}.*")
+                if self.verbose:   # through the bar, so that the line does not run into it
+                    bar.write(f"{path}: {outcome.note} -> {self.settings.out / outcome.item.key}.*", file=sys.stdout)
             else:
                 self.summary.failed.append((str(path), outcome.error))
                 bar.write(f"error: {path}: {outcome.error}", file=sys.stderr)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import inspect as pyinspect
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +143,10 @@ def cmd_explain(args) -> int:
         print(f"error: {spec}: {reason}", file=sys.stderr)
     verbose = args.verbose or len(items) <= 10
     job = Job(items, settings, batch_size=args.batch_size, overwrite=args.overwrite, show_progress=not args.quiet,
-              report=print if verbose else (lambda line: None))
+              verbose=verbose)
     interrupted = False
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None  # a scheduler's stop: as Ctrl-C
     try:
         if args.ray:
             from .distributed import run_job_on_ray
@@ -152,6 +156,9 @@ def cmd_explain(args) -> int:
             job.run(explainer)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     failures = job.write_failures()
     summary = job.summary
     print(f"{summary.line()}; results in {settings.out}/" + (f"; failures listed in {failures}" if failures else ""))
@@ -159,6 +166,10 @@ def cmd_explain(args) -> int:
         print("interrupted: run the same command again to go on where it stopped", file=sys.stderr)
         return 130
     return 1 if summary.failed or problems else 0
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _fed_inputs(feeds: list[str], compiled, primary: str) -> dict[str, np.ndarray]:

@@ -75,9 +75,11 @@ def test_top_k_outputs_resume_too(tmp_path, models_dir, rng, capsys):
 
 
 @pytest.mark.slow
-def test_interrupted_job_loses_nothing_and_resumes(tmp_path, models_dir, rng):
-    """SIGINT (Ctrl-C) in the middle of a job: every output written is whole, the exit code says
-    interrupted, and the same command finishes the rest without redoing what was done."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_job_loses_nothing_and_resumes(tmp_path, models_dir, rng, stop):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM in the middle of a job: every output written is whole, no
+    temporary file is left, the exit code says interrupted, and the same command finishes the rest
+    without redoing what was done."""
     data = tmp_path / "data"
     data.mkdir()
     n = 300
@@ -90,7 +92,7 @@ def test_interrupted_job_loses_nothing_and_resumes(tmp_path, models_dir, rng):
     deadline = time.monotonic() + 60
     while len(list(out.glob("*.relevance.npy"))) < 10 and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.02)
-    job.send_signal(signal.SIGINT)
+    job.send_signal(stop)
     stdout, stderr = job.communicate(timeout=60)
     assert job.returncode == 130, stderr
     assert "run the same command again" in stderr
