@@ -265,7 +265,8 @@ def cmd_inspect(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxlrp", description="Layer-wise Relevance Propagation for ONNX models: "
-                                     "compile an explainer model, explain inputs, inspect rules.")
+                                     "compile or export an explainer model, explain inputs (batch jobs, Ray), check "
+                                     "explanations, time them, inspect rules.")
     parser.add_argument("--version", action="version", version=f"onnxlrp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

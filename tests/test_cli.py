@@ -82,7 +82,8 @@ def test_bad_inputs_are_reported(tmp_path, models_dir, capsys):
     assert "NaN" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["compile", "--help"], ["explain", "--help"], ["inspect", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["compile", "--help"], ["explain", "--help"], ["inspect", "--help"],
+                                  ["export", "--help"], ["evaluate", "--help"], ["bench", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
