@@ -188,8 +188,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         b.set_scope(node.name)
         ctx = NodeContext(node=by_name[node.name], graph=fwd, b=b, rule=rule, relevance_out=relevance_out,
                           live=[bool(i) and i in live for i in node.input],
-                          only_where_positive=node.op_type in WEIGHTED and not contrastive
-                          and zeros.only_where_positive(node))
+                          only_where_positive=not contrastive and zeros.only_where_positive(node),
+                          relu_of_output=zeros.relu_of(node))
         if contrastive:  # the relevance starts here, on the pairwise difference layer
             sent, start = contrastive_relevance(ctx, extra_outputs[0].name, int(logits_shape[1]))
         else:

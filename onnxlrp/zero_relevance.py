@@ -5,9 +5,10 @@ when every node that sends relevance back into t multiplies it by t (the input-t
 weighted rules, the Norm of joins and average pools), or passes it on position by position to an
 output that is itself zero-preserving and 0 where t is 0 (ReLU, MaxPool winners, reshapes, Concat).
 
-The compiler uses it for layers whose output z goes only into a ReLU whose output is zero-preserving:
+The compiler uses it for nodes whose output z goes only into a ReLU whose output is zero-preserving:
 their relevance is 0 wherever z <= 0, so Gamma's branch for negative outputs carries nothing and its
-positive-output gate changes nothing; both are left out of the graph.
+positive-output gate changes nothing (both are left out of the graph), and an Epsilon layer's or a
+join's stabilised denominator may be taken as relu(z) + eps, reusing the forward ReLU.
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ class ZeroRelevance:
                 return False
             return self.zero_preserving(node.output[0])
         return False
+
+    def relu_of(self, node: onnx.NodeProto) -> str | None:
+        """The output of a forward ReLU of the node's output, if there is one."""
+        return next((c.output[0] for c in self.fwd.consumers.get(node.output[0], []) if c.op_type == "Relu"), None)
 
     def only_where_positive(self, node: onnx.NodeProto) -> bool:
         """Is the relevance of this node's output z zero wherever z <= 0? (z feeds only ReLUs whose

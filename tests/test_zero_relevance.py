@@ -1,4 +1,5 @@
-"""Skipping Gamma's negative branch where relevance is zero by structure changes no number."""
+"""Work left out where relevance is zero by structure (Gamma's negative branch, the sign logic of
+stabilisers before a ReLU) changes no number."""
 import numpy as np
 import pytest
 
@@ -17,7 +18,8 @@ def _conv_count(compiled):
 @pytest.mark.parametrize("model", ["small_vgg.onnx", "tiny_resnet.onnx"])
 @pytest.mark.parametrize("composite", [composites.EpsilonGammaBox(low=-3.0, high=3.0),
                                        composites.Uniform(rules.Gamma(gamma=0.5)),
-                                       composites.Uniform(rules.Gamma(gamma=0.25, stabilizer=0.0))])
+                                       composites.Uniform(rules.Gamma(gamma=0.25, stabilizer=0.0)),
+                                       composites.Uniform(rules.Epsilon(epsilon=1e-3))])
 def test_skipping_changes_nothing_but_the_work(models_dir, rng, monkeypatch, model, composite):
     x = rng.normal(size=(4, 3, 32, 32)).astype(np.float32)
     skipped = compile_explainer(models_dir / model, composite=composite)
@@ -25,7 +27,9 @@ def test_skipping_changes_nothing_but_the_work(models_dir, rng, monkeypatch, mod
     monkeypatch.setattr(ZeroRelevance, "only_where_positive", lambda self, node: False)
     full = compile_explainer(models_dir / model, composite=composite)
     slow = Explainer(models_dir / model, composite=composite).explain(x, target=[0, 3, -1, 7])
-    assert _conv_count(skipped) < _conv_count(full)
+    assert len(skipped.model.graph.node) < len(full.model.graph.node)
+    if "Gamma" in repr(composite):
+        assert _conv_count(skipped) < _conv_count(full)
     error = np.linalg.norm(fast.relevance - slow.relevance) / np.linalg.norm(slow.relevance)
     assert error < 1e-6
 

@@ -4,7 +4,8 @@
 
 PASS is one of: reuse (Epsilon reuses the forward z), flip (stride-1 transposes as flipped-kernel Conv),
 fold (stabiliser folded into the bias where z >= 0), stab (three-pass instead of four-pass stabiliser),
-gamma (Gamma's negative branch left out after ReLUs). "Off" swaps the pass's decision function for one
+gamma (Gamma's negative branch left out after ReLUs), relu (relu(z) + eps as the stabilised denominator
+of Epsilon layers and joins whose relevance is zero where z <= 0). "Off" swaps the pass's decision function for one
 that always declines, so both graphs come from the same code. Both sessions stay alive and run in
 turn, so drifts of the machine's speed hit both alike; the median of the rounds after the first two
 is reported.
@@ -44,6 +45,7 @@ OFF = {
     "fold": (weighted, "_nonnegative", lambda term, inputs: False),
     "stab": (context.Builder, "stabilize", _four_pass_stabilize),
     "gamma": (ZeroRelevance, "only_where_positive", lambda self, node: False),
+    "relu": (ZeroRelevance, "relu_of", lambda self, node: None),
 }
 
 

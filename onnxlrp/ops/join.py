@@ -39,7 +39,7 @@ def _norm(ctx: NodeContext, signs):
     if eps is None:
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "Pass is ambiguous for a join of several tensors")
     b = ctx.b
-    s = b.divide(ctx.R(), ctx.y(), eps)
+    s = ctx.divide_by_output(ctx.R(), eps)
     out_shape = ctx.shape(ctx.y())
     results = []
     for i, live in enumerate(ctx.live):

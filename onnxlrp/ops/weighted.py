@@ -172,6 +172,8 @@ def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps:
             parts.append((layer.forward(inputs.name(t.input), t.weight, t.bias, offset), t.sign))
     if fold:
         s = b.op("Div", [ctx.R(), _signed_sum(ctx, parts)])
+    elif parts == [(layer.output(), 1.0)] and constant is None and layer.output() == ctx.y():
+        s = ctx.divide_by_output(ctx.R(), eps)      # Epsilon: the denominator is the forward z itself
     elif parts:
         z = _signed_sum(ctx, parts)
         if constant is not None:
