@@ -1,6 +1,7 @@
 """Timing an explanation against plain inference, in one process and one run (`onnxlrp bench MODEL`).
 
-Every timing uses the same thread count, warm-up and repeats and reports the median. Plain inference is
+Every timing uses the same thread count, warm-up and repeats and reports the median; the cases are timed
+in turns over a few rounds, so that a drift of the machine's speed hits them alike. Plain inference is
 an onnxruntime session of the original model with full graph optimisation; an explanation is one
 `Explainer.explain` call (the predicted class, logit mode). Peak memory is measured in a fresh child
 process per case (the high-water mark of its resident set above what it held before), since in one
@@ -75,26 +76,41 @@ def random_feeds(session: ort.InferenceSession, batch: int) -> dict:
     return feeds
 
 
-def time_inference(model_path: str, x: np.ndarray, threads: int, warmup: int, repeats: int,
-                   providers=None) -> Timing:
+@dataclass
+class Case:
+    """Something to time: `run()` does one call."""
+    what: str
+    run: object
+    compile_s: float | None = None
+
+
+def inference_case(model_path: str, x: np.ndarray, threads: int, providers=None) -> Case:
     session = ort.InferenceSession(model_path, session_options(threads),
                                    providers=providers or ["CPUExecutionProvider"])
     feeds = {session.get_inputs()[0].name: x}
-    times = measure(lambda: session.run(None, feeds), warmup, repeats)
-    return Timing("inference", len(x), statistics.median(times), times)
+    return Case("inference", lambda: session.run(None, feeds))
 
 
-def time_explain(model_path: str, composite_name: str, x: np.ndarray, threads: int, warmup: int, repeats: int,
-                 providers=None, composite=None) -> Timing:
+def explain_case(model_path: str, composite_name: str, x: np.ndarray, threads: int, providers=None) -> Case:
     from .runtime import Explainer
 
     start = time.perf_counter()
-    explainer = Explainer(model_path, composite=composite or composite_for(composite_name), providers=providers,
+    explainer = Explainer(model_path, composite=composite_for(composite_name), providers=providers,
                           session_options=session_options(threads))
     explainer.compiled("logit")
-    compile_s = time.perf_counter() - start
-    times = measure(lambda: explainer.explain(x), warmup, repeats)
-    return Timing(composite_name, len(x), statistics.median(times), times, compile_s=compile_s)
+    return Case(composite_name, lambda: explainer.explain(x), compile_s=time.perf_counter() - start)
+
+
+def time_cases(cases: list[Case], batch: int, warmup: int, repeats: int, rounds: int) -> list[Timing]:
+    """Each case `repeats` times in all, spread over `rounds` rounds that visit every case in turn (with
+    `warmup` untimed calls at each visit), so that a drift of the machine's speed hits all cases alike."""
+    times = {case.what: [] for case in cases}
+    per_round = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        for case in cases:
+            times[case.what] += measure(case.run, warmup, per_round)
+    return [Timing(case.what, batch, statistics.median(times[case.what]), times[case.what], compile_s=case.compile_s)
+            for case in cases]
 
 
 def _peak_rss_mb() -> float:
@@ -158,16 +174,17 @@ def machine() -> str:
 
 
 def benchmark(model_path: str, composite_names: list[str], batches: list[int], threads: int, warmup: int = 2,
-              repeats: int = 10, memory: bool = True, providers=None, extra=None) -> list[Timing]:
-    """Inference and each composite (and `extra(x, batch)` -> [Timing], e.g. Zennit) at each batch size."""
+              repeats: int = 10, memory: bool = True, providers=None, extra=None, rounds: int = 3) -> list[Timing]:
+    """Inference and each composite (and the cases `extra(x, batch)` returns, e.g. Zennit's) at each batch
+    size, timed in turns (time_cases)."""
     rows = []
     for batch in batches:
         x = input_batch(model_path, batch)
-        rows.append(time_inference(model_path, x, threads, warmup, repeats, providers))
-        for name in composite_names:
-            rows.append(time_explain(model_path, name, x, threads, warmup, repeats, providers))
-        if extra is not None:
-            rows.extend(extra(x, batch))
+        cases = [inference_case(model_path, x, threads, providers)]
+        cases += [explain_case(model_path, name, x, threads, providers) for name in composite_names]
+        cases += extra(x, batch) if extra is not None else []
+        rows += time_cases(cases, batch, warmup, repeats, rounds)
+        del cases      # the sessions of this batch size go before the next are built
     if memory:
         peaks = _explainer_peaks(model_path, composite_names, batches, threads)
         for row in rows:

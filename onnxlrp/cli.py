@@ -247,9 +247,11 @@ def cmd_bench(args) -> int:
         bench.composite_for(name)     # an unknown name fails before any timing
     batches = [int(b) for b in args.batches.split(",")]
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "gpu" else None
-    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats}")
+    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
+          f"in {args.rounds} rounds")
     rows = bench.benchmark(args.model, names, batches, args.threads, args.warmup, args.repeats,
-                           memory=not args.no_memory and args.device == "cpu", providers=providers)
+                           memory=not args.no_memory and args.device == "cpu", providers=providers,
+                           rounds=args.rounds)
     print(bench.table(rows, model_mb=Path(args.model).stat().st_size / 1e6))
     return 0
 
@@ -395,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads "
                    "(default: all cores)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs; the median is reported (default 10)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per case; the median is reported (default 10)")
+    p.add_argument("--rounds", type=int, default=3, help="the cases are timed in turns, over this many rounds "
+                   "(default 3), so that drifts of the machine's speed hit them alike")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="cpu, or gpu (CUDA execution provider)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.set_defaults(func=cmd_bench)

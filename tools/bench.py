@@ -12,9 +12,9 @@ weights (what its canonizers do) with zennit.layer.Sum at the residual joins.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -162,7 +162,7 @@ def export(name: str, cache: Path) -> Path:
     return path
 
 
-def zennit_timings(name: str, composite_names, threads, warmup, repeats):
+def zennit_cases(name: str, composite_names):
     if ZENNIT is None:
         return lambda x, batch: []
     composites, Gradient, _ = ZENNIT
@@ -175,18 +175,20 @@ def zennit_timings(name: str, composite_names, threads, warmup, repeats):
     def start(out):     # logit mode on the predicted class, as onnxlrp's default
         return out * torch.nn.functional.one_hot(out.argmax(1), out.shape[1]).to(out.dtype)
 
-    def run(x, batch):
-        rows = []
+    def cases(x, batch):
+        """One attributor per composite, each on its own copy of the twin (Zennit's hooks are per model),
+        held open while the cases are timed."""
         xt = torch.from_numpy(x)
+        made_cases = []
         for composite_name in composite_names:
             if composite_name not in made:
                 continue
-            with Gradient(model=twin, composite=made[composite_name]()) as attributor:
-                times = bench.measure(lambda: attributor(xt, start), warmup, repeats)
-            rows.append(bench.Timing(f"zennit {composite_name}", batch, statistics.median(times), times))
-        return rows
+            attributor = Gradient(model=copy.deepcopy(twin), composite=made[composite_name]())
+            attributor.__enter__()
+            made_cases.append(bench.Case(f"zennit {composite_name}", lambda a=attributor: a(xt, start)))
+        return made_cases
 
-    return run
+    return cases
 
 
 def main(argv=None) -> int:
@@ -196,7 +198,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per case, in all")
+    parser.add_argument("--rounds", type=int, default=3, help="turns over all cases the repeats are spread on")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "onnxlrp-bench"))
     args = parser.parse_args(argv)
@@ -204,13 +207,14 @@ def main(argv=None) -> int:
     torch.set_num_interop_threads(1)
     names = args.composites.split(",")
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats}; "
+    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
+          f"in {args.rounds} rounds; "
           f"torch {torch.__version__}; zennit {'yes' if ZENNIT else 'not installed'}")
     for name in args.models.split(","):
         path = export(name, Path(args.cache))
         rows = bench.benchmark(str(path), names, batches, args.threads, args.warmup, args.repeats,
                                memory=not args.no_memory,
-                               extra=zennit_timings(name, names, args.threads, args.warmup, args.repeats))
+                               extra=zennit_cases(name, names), rounds=args.rounds)
         print(f"\n### {name} ({path})\n")
         print(bench.table(rows, model_mb=path.stat().st_size / 1e6))
         sys.stdout.flush()
