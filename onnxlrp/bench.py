@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import composites as composites_module
+from .runtime import sample_feeds
 
 
 @dataclass
@@ -60,20 +61,9 @@ def measure(run, warmup: int, repeats: int) -> list[float]:
 
 
 def input_batch(model_path: str, batch: int, seed: int = 0) -> np.ndarray:
+    """A random batch for the model's first input (one session is built to read its shape)."""
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    first = session.get_inputs()[0]
-    shape = [batch] + [d if isinstance(d, int) else 1 for d in first.shape[1:]]
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-def random_feeds(session: ort.InferenceSession, batch: int) -> dict:
-    """A batch for any session: normal noise for float inputs, -1 (the predicted class) for int64 targets."""
-    feeds = {}
-    for value in session.get_inputs():
-        shape = [batch] + [d if isinstance(d, int) else 1 for d in value.shape[1:]]
-        feeds[value.name] = (np.full(shape, -1, np.int64) if "int64" in value.type
-                             else np.random.default_rng(0).normal(size=shape).astype(np.float32))
-    return feeds
+    return next(iter(sample_feeds(session, batch, seed).values()))
 
 
 @dataclass
@@ -134,7 +124,7 @@ def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite,
         compile_explainer(model_path, composite=composite_for(composite))
     else:   # one session of the model at model_path (the original, or a compiled explainer) and one run
         session = ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
-        session.run(None, random_feeds(session, batch))
+        session.run(None, sample_feeds(session, batch))
     queue.put(_peak_rss_mb() - baseline)
 
 
@@ -183,8 +173,9 @@ def benchmark(model_path: str, composite_names: list[str], batches: list[int], t
     """Inference and each composite (and the cases `extra(x, batch)` returns, e.g. Zennit's) at each batch
     size, timed in turns (time_cases)."""
     rows = []
+    largest = input_batch(model_path, max(batches))    # one session to read the input shape, not one per batch
     for batch in batches:
-        x = input_batch(model_path, batch)
+        x = largest[:batch]
         cases = [inference_case(model_path, x, threads, providers)]
         cases += [explain_case(model_path, name, x, threads, providers) for name in composite_names]
         cases += extra(x, batch) if extra is not None else []

@@ -19,8 +19,12 @@ COMPOSITE_HELP = ("composite (default epsilon_plus_flat): " + ", ".join(sorted(c
                   + "; epsilon_gamma_box needs --low and --high")
 
 
+def _float_list(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
 def _floats(text: str):
-    values = [float(v) for v in text.split(",")]
+    values = _float_list(text)
     return values[0] if len(values) == 1 else np.array(values, dtype=np.float32).reshape(-1, 1, 1)
 
 
@@ -40,6 +44,15 @@ def _add_composite_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input", dest="model_input", default=None,
                        help="the input to explain when the model has several (default the first float input); "
                        "the others get relevance too")
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    """What explain and evaluate share: the class explained, where it starts, image normalisation."""
+    parser.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    parser.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"],
+                        help="where the explanation starts (default logit)")
+    parser.add_argument("--mean", type=_float_list, help="per-channel mean for images, e.g. 0.485,0.456,0.406")
+    parser.add_argument("--std", type=_float_list, help="per-channel std for images, e.g. 0.229,0.224,0.225")
 
 
 def _composite_from(args):
@@ -134,9 +147,7 @@ def cmd_explain(args) -> int:
                           threads=args.threads)
     compiled = explainer.compiled(args.mode)
     primary = next(iter(compiled.relevance_outputs))
-    settings = Settings(out=Path(args.out), shape=[d.dim_value if d.HasField("dim_value") else None
-                                                   for d in _dims(compiled, primary)],
-                        primary=primary, fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
+    settings = Settings(out=Path(args.out), shape=_shape(compiled, primary), primary=primary, fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
                         top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std, pictures=not args.no_pictures)
     items, problems = find_inputs(args.inputs)
     for spec, reason in problems:
@@ -184,15 +195,18 @@ def _fed_inputs(feeds: list[str], compiled, primary: str) -> dict[str, np.ndarra
             value = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise OnnxLrpError(f"--feed {name}: cannot read '{path}' as .npy: {exc}") from None
-        fixed[name] = value[None] if value.ndim == len(_dims(compiled, name)) - 1 else value[:1]
+        fixed[name] = value[None] if value.ndim == len(_shape(compiled, name)) - 1 else value[:1]
     missing = [i for i in compiled.inputs if i != primary and i not in fixed]
     if missing:
         raise OnnxLrpError(f"the model also takes {missing}; give each with --feed NAME=FILE.npy")
     return fixed
 
 
-def _dims(compiled, name: str) -> list:
-    return list(next(v for v in compiled.model.graph.input if v.name == name).type.tensor_type.shape.dim)
+def _shape(compiled, name: str) -> list:
+    """An input's dims: ints, None where free (the batch)."""
+    from .export.tensors import graph_tensors
+
+    return list(next(t.dims for t in graph_tensors(compiled.model)[0] if t.name == name))
 
 
 CHECK_NAMES = ("heatmaps", "conservation", "pixel-flipping", "randomisation", "convergence", "continuity")
@@ -218,7 +232,7 @@ def cmd_evaluate(args) -> int:
     primary = next(iter(compiled.relevance_outputs))
     if len(compiled.inputs) != 1:
         raise OnnxLrpError(f"evaluate runs on single-input models; this one takes {compiled.inputs}")
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in _dims(compiled, primary)]
+    shape = _shape(compiled, primary)
     samples = []
     for path in args.inputs:
         try:
@@ -320,14 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "fail are reported, listed in OUT/failed.txt and skipped; the exit code is then 1.")
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, .npy arrays, folders or glob patterns")
-    p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    _add_input_options(p)
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="explain each input's K highest-scoring classes in one run: one heatmap per class "
                    "(<name>.class<c>.*), a side-by-side grid <name>.targets.png and <name>.targets.json")
     p.add_argument("--out", default="heatmaps", help="output folder (default heatmaps/)")
-    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"], help="where the explanation starts")
-    p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean, e.g. 0.485,0.456,0.406")
-    p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std, e.g. 0.229,0.224,0.225")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per onnxruntime run (default 16)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores; "
                    "with --ray: per actor, default 1)")
@@ -359,11 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more, comma-separated, of: all, " + ", ".join(CHECK_NAMES))
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
-    p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
-    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"], help="where the explanation starts")
+    _add_input_options(p)
     p.add_argument("--out", default="evaluation", help="report folder (default evaluation/)")
-    p.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")], help="per-channel mean for images")
-    p.add_argument("--std", type=lambda t: [float(v) for v in t.split(",")], help="per-channel std for images")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -53,15 +53,27 @@ def _pool(actors: int | None, cpus_per_actor: float, gpus_per_actor: float):
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
 
 
+def _actor_explainer(model_path: str, composite, options: dict, threads: int, gpu: bool):
+    """An actor's explainer: `threads` onnxruntime threads (its CPUs), the CUDA provider if it has a GPU."""
+    from .runtime import Explainer
+
+    return Explainer(model_path, composite=composite, providers=CUDA if gpu else None, threads=threads, **options)
+
+
+def _on_actors(ds, actor_class, constructor_args: tuple, batch_size: int, actors: int | None,
+               cpus_per_actor: float, gpus_per_actor: float):
+    """ds.map_batches over a pool of `actor_class` actors, each with its CPUs and GPUs reserved."""
+    return ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",
+                          fn_constructor_args=constructor_args, compute=_pool(actors, cpus_per_actor, gpus_per_actor),
+                          num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+
+
 class ExplainerActor:
     """One explainer session per actor; called with a batch of rows (dict column -> array)."""
 
     def __init__(self, model_path: str, composite, mode: str, threads: int, gpu: bool, options: dict,
                  target, target_column, output_column: str):
-        from .runtime import Explainer
-
-        self.explainer = Explainer(model_path, composite=composite, providers=CUDA if gpu else None,
-                                   threads=threads, **options)
+        self.explainer = _actor_explainer(model_path, composite, options, threads, gpu)
         self.compiled = self.explainer.compiled(mode)
         self.mode, self.target, self.target_column, self.output_column = mode, target, target_column, output_column
 
@@ -95,24 +107,17 @@ def explain_dataset(ds, model, composite=None, *, mode: str = "logit", target=No
     """
     if mode == "custom":
         raise OnnxLrpError("explain_dataset starts from a target class; use mode logit, one, prob or contrastive")
-    path = _model_path(model)
     options = dict(output=output, inputs=inputs)
-    return ds.map_batches(
-        ExplainerActor, batch_size=batch_size, batch_format="numpy",
-        fn_constructor_args=(path, composite, mode, int(cpus_per_actor), gpus_per_actor > 0, options,
-                             target, target_column, output_column),
-        compute=_pool(actors, cpus_per_actor, gpus_per_actor), num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor or None)
+    arguments = (_model_path(model), composite, mode, int(cpus_per_actor), gpus_per_actor > 0, options,
+                 target, target_column, output_column)
+    return _on_actors(ds, ExplainerActor, arguments, batch_size, actors, cpus_per_actor, gpus_per_actor)
 
 
 class FileActor:
     """The command line's batch job on Ray: each actor explains files and writes their outputs itself."""
 
     def __init__(self, model_path: str, composite, options: dict, settings, threads: int, gpu: bool):
-        from .runtime import Explainer
-
-        self.explainer = Explainer(model_path, composite=composite, providers=CUDA if gpu else None,
-                                   threads=threads, **options)
+        self.explainer = _actor_explainer(model_path, composite, options, threads, gpu)
         self.settings = settings
 
     def __call__(self, batch: dict) -> dict:
@@ -130,7 +135,7 @@ def run_job_on_ray(job, model, explainer, address: str = "local", actors: int | 
     recording each outcome in job.summary as it comes back."""
     from dataclasses import replace
 
-    from .batch import Item, Outcome
+    from .batch import Outcome
     from .progress import progress_bar
 
     ray = _ray()
@@ -144,17 +149,13 @@ def run_job_on_ray(job, model, explainer, address: str = "local", actors: int | 
     if not job.pending:
         return job.summary
     settings = replace(job.settings, out=job.settings.out.resolve())
-    rows = [{"path": str(item.path.resolve()), "key": item.key} for item in job.pending]
+    originals = {str(item.path.resolve()): item for item in job.pending}    # actors get absolute paths
+    rows = [{"path": path, "key": item.key} for path, item in originals.items()]
     options = dict(output=explainer.output, inputs=explainer.explained_inputs)
-    ds = ray.data.from_items(rows).map_batches(
-        FileActor, batch_size=job.batch_size, batch_format="numpy",
-        fn_constructor_args=(_model_path(model), explainer.composite, options, settings, int(cpus_per_actor),
-                             gpus_per_actor > 0),
-        compute=_pool(actors, cpus_per_actor, gpus_per_actor), num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor or None)
-    originals = {str(item.path.resolve()): item for item in job.pending}
+    arguments = (_model_path(model), explainer.composite, options, settings, int(cpus_per_actor), gpus_per_actor > 0)
+    ds = _on_actors(ray.data.from_items(rows), FileActor, arguments, job.batch_size, actors, cpus_per_actor,
+                    gpus_per_actor)
     with progress_bar(len(job.pending), "explaining on ray", job.show_progress) as bar:
         for row in ds.iter_rows():
-            item = originals.get(row["path"], Item(Path(row["path"]), row["key"]))
-            job.record([Outcome(item, row["error"] or None, row["note"])], bar)
+            job.record([Outcome(originals[row["path"]], row["error"] or None, row["note"])], bar)
     return job.summary

@@ -51,7 +51,8 @@ class Explainer:
         self.layer_sums = layer_sums
         self.layer_relevances = layer_relevances
         self.session_options = session_options or _default_session_options(threads)
-        self._compiled: dict[str, tuple[CompiledExplainer, ort.InferenceSession]] = {}
+        self._compiled: dict[str, CompiledExplainer] = {}
+        self._sessions: dict[str, ort.InferenceSession] = {}
         self._forward: ort.InferenceSession | None = None
         self._lock = threading.Lock()   # sessions are built once, even when threads share this explainer
 
@@ -68,20 +69,23 @@ class Explainer:
         return Explainer(**{**settings, **changes})
 
     def compiled(self, mode: str = "logit") -> CompiledExplainer:
-        return self._session(mode)[0]
-
-    def _session(self, mode: str):
+        """The explainer model for `mode`, compiled once (no session is built for it until one is run)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         with self._lock:
             if mode not in self._compiled:
-                compiled = compile_explainer(self.model, composite=self.composite, mode=mode, output=self.output,
-                                             inputs=self.explained_inputs, layer_sums=self.layer_sums,
-                                             layer_relevances=self.layer_relevances)
-                session = ort.InferenceSession(compiled.model.SerializeToString(), self.session_options,
-                                               providers=self.providers)
-                self._compiled[mode] = (compiled, session)
+                self._compiled[mode] = compile_explainer(
+                    self.model, composite=self.composite, mode=mode, output=self.output,
+                    inputs=self.explained_inputs, layer_sums=self.layer_sums, layer_relevances=self.layer_relevances)
             return self._compiled[mode]
+
+    def _session(self, mode: str):
+        compiled = self.compiled(mode)
+        with self._lock:
+            if mode not in self._sessions:
+                self._sessions[mode] = ort.InferenceSession(compiled.model.SerializeToString(), self.session_options,
+                                                            providers=self.providers)
+            return compiled, self._sessions[mode]
 
     def logits(self, x, batch_size: int | None = None) -> np.ndarray:
         """The explained output (the logits) for a batch, from the plain forward model: the explainer's own
@@ -204,6 +208,18 @@ class Explainer:
         if batch == 0:
             raise InputError("the batch is empty")
         return feeds
+
+
+def sample_feeds(session: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch for any session: normal noise for float inputs, -1 (the predicted class) for int64 ones
+    (the target); dims other than the batch that the model leaves free are 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [batch] + [d if isinstance(d, int) else 1 for d in value.shape[1:]]
+        feeds[value.name] = (np.full(shape, -1, np.int64) if "int64" in value.type
+                             else rng.normal(size=shape).astype(np.float32))
+    return feeds
 
 
 def forward_model(compiled: CompiledExplainer) -> onnx.ModelProto:

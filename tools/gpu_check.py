@@ -21,7 +21,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxlrp import bench  # noqa: E402
-from onnxlrp.runtime import Explainer  # noqa: E402
+from onnxlrp.runtime import Explainer, sample_feeds  # noqa: E402
 
 
 def placements(model: str, composite: str, provider: str, batch: int = 2) -> collections.Counter:
@@ -36,7 +36,7 @@ def placements(model: str, composite: str, provider: str, batch: int = 2) -> col
         options.profile_file_prefix = str(Path(folder) / "profile")
         providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=providers)
-        session.run(None, bench.random_feeds(session, batch))
+        session.run(None, sample_feeds(session, batch))
         events = json.loads(Path(session.end_profiling()).read_text())
     counts = collections.Counter()
     for event in events:

@@ -31,19 +31,15 @@ def graph_tensors(model: onnx.ModelProto) -> tuple[list[Tensor], list[Tensor]]:
 
 
 def runs_at_batch(model: onnx.ModelProto, batch: int) -> bool:
-    """Whether the model runs on a batch of `batch` samples and returns that many (zeros for every float
-    input, -1 = "the predicted class" for integer ones), so a server may batch requests together."""
-    inputs, _ = graph_tensors(model)
-    feeds = {}
-    for tensor in inputs:
-        shape = (batch,) + tuple(d if d is not None else 1 for d in tensor.dims[1:])
-        fill = -1 if tensor.dtype.kind in "iu" else 0
-        feeds[tensor.name] = np.full(shape, fill, dtype=tensor.dtype)
+    """Whether the model runs on a batch of `batch` samples and returns that many, so that a server may
+    batch requests together."""
+    from ..runtime import sample_feeds
+
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        results = session.run(None, feeds)
+        results = session.run(None, sample_feeds(session, batch))
     except Exception:  # onnxruntime raises several unrelated types for shape errors
         return False
     return all(np.ndim(r) >= 1 and np.shape(r)[0] == batch for r in results)
