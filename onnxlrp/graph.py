@@ -53,6 +53,20 @@ class ForwardGraph:
             return None
         return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
 
+    def same_first_dim(self, a: str, b: str) -> bool:
+        """Do tensors a and b provably share their first dim (the same size, or the same symbolic name)?"""
+        dims = []
+        for name in (a, b):
+            value = self.value_infos.get(name)
+            shape = value.type.tensor_type.shape if value is not None else None
+            if shape is None or not shape.dim:
+                return False
+            dims.append(shape.dim[0])
+        first, second = dims
+        if first.HasField("dim_value") and second.HasField("dim_value"):
+            return first.dim_value == second.dim_value > 0
+        return bool(first.dim_param) and first.dim_param == second.dim_param
+
     def elem_type(self, name: str) -> int | None:
         value = self.value_infos.get(name)
         if value is None:

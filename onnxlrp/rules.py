@@ -85,6 +85,8 @@ class Group:
     terms: tuple[Term, ...]
     coefficient: float = 1.0
     gate: str | None = None     # "positive" / "negative": only outputs whose original z has that sign
+    # where the gate is open, z_g has the gate's sign too (so stab(z_g) = z_g +- eps, known when compiling)
+    sign_follows_gate: bool = False
 
 
 class Rule:
@@ -158,9 +160,13 @@ class Gamma(Rule):
     def groups(self):
         up = Transform("gamma_up", self.gamma)
         down = Transform("gamma_down", self.gamma)
+        # z_up - z = gamma (W+ x+ + W- x- + b+) >= 0 and z_down - z <= 0 when gamma >= 0 and b is kept
+        follows = self.gamma >= 0 and not self.zero_bias
         return (
-            Group((Term("x+", up, _bias(up, self.zero_bias)), Term("x-", down, None)), gate="positive"),
-            Group((Term("x+", down, _bias(down, self.zero_bias)), Term("x-", up, None)), gate="negative"),
+            Group((Term("x+", up, _bias(up, self.zero_bias)), Term("x-", down, None)), gate="positive",
+                  sign_follows_gate=follows),
+            Group((Term("x+", down, _bias(down, self.zero_bias)), Term("x-", up, None)), gate="negative",
+                  sign_follows_gate=follows),
         )
 
 

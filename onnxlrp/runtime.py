@@ -137,8 +137,9 @@ class Explainer:
         step = batch_size or n
         chunks = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
         names = [o.name for o in session.get_outputs()]
-        merged = {name: np.concatenate([c[k] for c in chunks], axis=0) if chunks[0][k].ndim else chunks[0][k]
-                  for k, name in enumerate(names)}
+        # one chunk (the usual case): its arrays as they are, without a copy
+        merged = {name: np.concatenate([c[k] for c in chunks], axis=0) if len(chunks) > 1 and chunks[0][k].ndim
+                  else chunks[0][k] for k, name in enumerate(names)}
         relevances = {inp: merged[out] for inp, out in compiled.relevance_outputs.items()}
         return Explanation(
             relevance=next(iter(relevances.values())),

@@ -16,13 +16,12 @@ BATCH_DIM = "batch"
 def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     init_names = {init.name for init in graph.initializer}
+    shapes = [value.type.tensor_type.shape for value in list(graph.input) + list(graph.output)
+              if value.name not in init_names and value.type.HasField("tensor_type")]
+    shapes = [shape for shape in shapes if len(shape.dim)]
+    _name_batch(shapes)
     static_batches = set()
-    for value in list(graph.input) + list(graph.output):
-        if value.name in init_names or not value.type.HasField("tensor_type"):
-            continue
-        shape = value.type.tensor_type.shape
-        if len(shape.dim) == 0:
-            continue
+    for shape in shapes:
         dim0 = shape.dim[0]
         if dim0.HasField("dim_value"):
             static_batches.add(dim0.dim_value)
@@ -35,6 +34,18 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     # shapes inferred for a fixed batch would now contradict the inputs
     del graph.value_info[:]
     return model
+
+
+def _name_batch(shapes) -> None:
+    """Where every input and output calls its batch by one name (e.g. "N"), call it BATCH_DIM, which is the
+    name the explainer's own inputs (the target) use: shape inference then sees that they agree."""
+    names = {shape.dim[0].dim_param for shape in shapes if shape.dim[0].dim_param}
+    elsewhere = {d.dim_param for shape in shapes for d in shape.dim[1:] if d.dim_param}
+    if len(names) != 1 or names & elsewhere:
+        return
+    for shape in shapes:
+        if shape.dim[0].dim_param:
+            shape.dim[0].dim_param = BATCH_DIM
 
 
 def _rewrite_reshape_batch(model: onnx.ModelProto, static_batches: set[int]) -> None:

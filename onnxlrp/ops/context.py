@@ -159,6 +159,17 @@ class NodeContext:
                                      "from the batch; give the model a fixed input size")
         return tuple(shape)
 
+    def reshape_back(self, relevance: str, j: int = 0, i: int = 0) -> str:
+        """The relevance of output j reshaped to the shape of input i. Where both share the batch and the
+        input's other dims are static, the target is the constant [0, d1, ...]: shape inference then keeps
+        the batch's name, which onnxruntime's NCHWc layout pass needs to keep the Mul and Add below it in
+        its blocked layout (a Shape-fed Reshape loses every dim and costs two reorders per layer)."""
+        x, y = self.x(i), self.y(j)
+        shape = self.shape(x)
+        if shape and all(d is not None for d in shape[1:]) and self.graph.same_first_dim(x, y):
+            return self.b.op("Reshape", [relevance, self.b.ints([0, *shape[1:]])])
+        return self.b.reshape_like(relevance, x)
+
     def divide_by_output(self, relevance: str, eps: float) -> str:
         """R / stab(y) for this node's own output y. Where R is 0 wherever y <= 0 and the forward graph
         already holds relu(y), relu(y) + eps equals stab(y) wherever R is not 0: one pass instead of three."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..rules import ONES
 from .context import NodeContext
 from .evaluate import evaluate_node
 from .registry import register
@@ -82,6 +83,11 @@ class ConvMap(LinearMap):
         return evaluate_node("Conv", args, **self.geometry.attrs())
 
     def transpose(self, s, weight):
+        if weight == ONES and self.geometry.group == 1:
+            return self._ones_transpose(s)
+        return self._general_transpose(s, weight)
+
+    def _general_transpose(self, s, weight):
         pads = self._flipped_pads()
         if pads is not None:
             # stride 1: the transpose is a Conv with the kernel flipped and its channel axes swapped,
@@ -92,6 +98,19 @@ class ConvMap(LinearMap):
         attrs = self.geometry.attrs(pads=self.t_pads)
         return self.ctx.b.op("ConvTranspose", [s, self.weight_name(weight)], output_padding=self.output_padding,
                              **attrs)
+
+    def _ones_transpose(self, s):
+        """The transpose with all weights one (Flat): every input channel receives the same sum, so s is
+        summed over the output channels first and one channel is transposed, then broadcast."""
+        b, g = self.ctx.b, self.geometry
+        summed = b.op("ReduceSum", [s, b.ints([1])], keepdims=1)
+        ones = b.const(np.ones((1, 1) + tuple(g.kernel), np.float32), hint="W_ones_one_channel")  # flip-symmetric
+        pads = self._flipped_pads()
+        if pads is not None:
+            one = b.op("Conv", [summed, ones], **g.attrs(pads=pads))
+        else:
+            one = b.op("ConvTranspose", [summed, ones], output_padding=self.output_padding, **g.attrs(pads=self.t_pads))
+        return b.op("Expand", [one, b.ints([1, self.weight.shape[1]] + [1] * len(g.kernel))])
 
     def _flipped_pads(self):
         """Pads of the flipped-kernel Conv equal to this Conv's transpose, or None where there is none

@@ -26,12 +26,27 @@ def max_pool(ctx: NodeContext):
     if int(ctx.attr("storage_order", 0)) != 0:
         raise UnsupportedOpError("MaxPool", ctx.name, "storage_order=1 (column-major indices) is not supported")
     b = ctx.b
-    indices = ctx.ensure_output(1, "indices")
-    flat = b.ints([-1])
-    zeros = b.op("Reshape", [b.zeros_like(ctx.x()), flat])
-    scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat]), b.op("Reshape", [ctx.R(), flat])],
-                     axis=0, reduction="add", hint="winners")
-    return [b.reshape_like(scattered, ctx.x())]
+    indices = ctx.ensure_output(1, "indices")  # flat over the whole batch
+    x_shape = ctx.shape(ctx.x())
+    if x_shape is None or None in x_shape[1:]:
+        flat = b.ints([-1])
+        zeros = b.op("Reshape", [b.zeros_like(ctx.x()), flat])
+        scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat]),
+                                             b.op("Reshape", [ctx.R(), flat])], axis=0, reduction="add", hint="winners")
+        return [b.reshape_like(scattered, ctx.x())]
+    # per sample, so that every shape below stays known to onnxruntime (see NodeContext.reshape_back);
+    # x * 0 rather than ConstantOfShape(Shape(x)) for the same reason
+    per_sample = b.ints([0, -1])
+    zeros = b.op("Mul", [b.op("Reshape", [ctx.x(), per_sample]), b.scalar(0.0)])
+    # sample n's indices start at n * sample_size (a Sub: onnxruntime's int64 Mod is slow)
+    batch = b.op("Squeeze", [b.op("Shape", [ctx.x()], start=0, end=1)])
+    first = b.op("Range", [b.const(np.asarray(0, np.int64)), batch, b.const(np.asarray(1, np.int64))])
+    sample_size = b.const(np.asarray(int(np.prod(x_shape[1:])), np.int64), hint="sample_size")
+    offsets = b.op("Unsqueeze", [b.op("Mul", [first, sample_size]), b.ints([1])])
+    within_sample = b.op("Sub", [b.op("Reshape", [indices, per_sample]), offsets])
+    scattered = b.op("ScatterElements", [zeros, within_sample, b.op("Reshape", [ctx.R(), per_sample])],
+                     axis=1, reduction="add", hint="winners")
+    return [ctx.reshape_back(scattered)]
 
 
 @register("GlobalMaxPool")

@@ -10,7 +10,7 @@ from .registry import register
 @register("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def reshape(ctx: NodeContext):
     """routing (reshape back)"""
-    return [ctx.b.reshape_like(ctx.R(), ctx.x())] + [None] * (len(ctx.node.input) - 1)
+    return [ctx.reshape_back(ctx.R())] + [None] * (len(ctx.node.input) - 1)
 
 
 @register("Transpose")

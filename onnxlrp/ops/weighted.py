@@ -6,11 +6,10 @@ Gemm each provide one; everything rule-specific happens here, once for all of th
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
+import onnx
 
-from ..rules import CONSTANT_INPUTS, IDENTITY, Group, Norm, Pass, Rule, Transform
+from ..rules import CONSTANT_INPUTS, IDENTITY, NEGATIVE, POSITIVE, Group, Norm, Pass, Rule, Transform
 from ..rules import Epsilon
 from .context import NodeContext
 
@@ -80,18 +79,35 @@ def propagate(ctx: NodeContext, layer: LinearMap, rule: Rule) -> str:
     inputs = _InputParts(ctx, layer)
     group_results = []
     for group in rule.groups():
+        masked = bool(group.gate)
         if group.gate and ctx.only_where_positive:
             # relevance is 0 where z <= 0 (zero_relevance.py): the negative branch carries nothing and
             # the positive gate changes nothing
             if group.gate == "negative":
                 continue
-            group = replace(group, gate=None)
+            masked = False
         terms = [t for t in group.terms if not inputs.vanishes(t.input)]
         s = _scaled_relevance(ctx, layer, group, terms, inputs, rule.stabilizer)
-        back = [(inputs.times(t.input, layer.transpose(s, t.weight)), t.sign) for t in terms]
+        if masked:
+            s = _gated(ctx, layer, s, group.gate)
+        transposed = _transposes(ctx, layer, s, [t.weight for t in terms])
+        back = [(inputs.times(t.input, transposed[t.weight]), t.sign) for t in terms]
         total = _signed_sum(ctx, back)
         group_results.append((total, group.coefficient))
     return _signed_sum(ctx, group_results)
+
+
+def _transposes(ctx, layer: LinearMap, s: str, weights: list[Transform]) -> dict[Transform, str]:
+    """W'^T s for each weight transform. W = W+ + W-, so where W^T s and W+^T s are both needed (ZBox),
+    W-^T s is their difference: two transposes instead of three."""
+    derive_negative = {IDENTITY, POSITIVE, NEGATIVE} <= set(weights)
+    out = {}
+    for weight in weights:
+        if weight not in out and not (derive_negative and weight == NEGATIVE):
+            out[weight] = layer.transpose(s, weight)
+    if derive_negative:
+        out[NEGATIVE] = ctx.b.op("Sub", [out[IDENTITY], out[POSITIVE]])
+    return out
 
 
 class _InputParts:
@@ -152,6 +168,27 @@ def _nonnegative(term, inputs: _InputParts) -> bool:
     return term.input == "x-" and term.weight.nonpositive and term.bias is None
 
 
+def _nonpositive(term, inputs: _InputParts) -> bool:
+    """Is sign * input * W' + b' <= 0 for any input and weights (AlphaBeta's inhibiting group)?"""
+    if term.sign < 0 or term.input in CONSTANT_INPUTS:
+        return False
+    bias_ok = term.bias is None or term.bias.nonpositive
+    if term.input == "x+" or (term.input == "x" and inputs.nonnegative):
+        return term.weight.nonpositive and bias_ok
+    return term.input == "x-" and term.weight.nonnegative and term.bias is None
+
+
+def _known_sign(group: Group, computed, inputs: _InputParts) -> int:
+    """+1 / -1 where stab(z_g) = z_g + eps / z_g - eps wherever relevance passes, 0 where only the data tells."""
+    if group.gate and group.sign_follows_gate:
+        return 1 if group.gate == "positive" else -1
+    if computed and all(_nonnegative(t, inputs) for t in computed):
+        return 1
+    if computed and all(_nonpositive(t, inputs) for t in computed):
+        return -1
+    return 0
+
+
 def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps: float) -> str:
     """s = gate * R / stab(z_group). Where z_group >= 0 by construction (ZPlus, and any rule on
     non-negative inputs with non-negative weights), stab(z) = z + eps and eps goes into a bias."""
@@ -162,16 +199,22 @@ def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps:
         if t.input in CONSTANT_INPUTS:
             value = t.sign * layer.forward_constant(inputs.constant(t.input), t.weight, t.bias).astype(np.float64)
             constant = value if constant is None else constant + value
-    fold = (eps > 0 and computed and constant is None and all(_nonnegative(t, inputs) for t in computed))
+    sign = _known_sign(group, computed, inputs) if eps > 0 and constant is None else 0
+    fold = sign != 0 and not any(_reuses_forward(layer, t) for t in computed)
     parts = []
     for k, t in enumerate(computed):
         if _reuses_forward(layer, t):
             parts.append((layer.output(), t.sign))
         else:
-            offset = eps if fold and k == 0 else 0.0
+            offset = sign * eps if fold and k == 0 else 0.0
             parts.append((layer.forward(inputs.name(t.input), t.weight, t.bias, offset), t.sign))
     if fold:
-        s = b.op("Div", [ctx.R(), _signed_sum(ctx, parts)])
+        z = _signed_sum(ctx, parts)
+        if group.gate and group.sign_follows_gate:
+            # z_g has the gate's sign only where the gate is open; the clamp keeps the division finite
+            # elsewhere, where the gate then zeroes it, and changes nothing where it is open
+            z = b.op("Max", [z, b.scalar(eps)]) if sign > 0 else b.op("Min", [z, b.scalar(-eps)])
+        s = b.op("Div", [ctx.R(), z])
     elif parts == [(layer.output(), 1.0)] and constant is None and layer.output() == ctx.y():
         s = ctx.divide_by_output(ctx.R(), eps)      # Epsilon: the denominator is the forward z itself
     elif parts:
@@ -183,11 +226,16 @@ def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps:
         stabilized = constant + eps * np.where(constant >= 0, 1.0, -1.0)
         inverse = np.divide(1.0, stabilized, out=np.zeros_like(stabilized), where=stabilized != 0)
         s = b.op("Mul", [ctx.R(), b.const(inverse, hint="inv_z")])
-    if group.gate:
-        compare = "Greater" if group.gate == "positive" else "Less"
-        mask = b.op(compare, [layer.output(), b.scalar(0.0)])
-        s = b.op("Where", [mask, s, b.scalar(0.0)], hint="gate")
     return s
+
+
+def _gated(ctx, layer: LinearMap, s: str, gate: str) -> str:
+    """s where the forward z has the gate's sign, else 0. s is finite everywhere, so a 0/1 mask multiplies
+    it: onnxruntime's CPU Where with a scalar branch runs many times slower than Mul."""
+    b = ctx.b
+    compare = "Greater" if gate == "positive" else "Less"
+    mask = b.op("Cast", [b.op(compare, [layer.output(), b.scalar(0.0)])], to=onnx.TensorProto.FLOAT)
+    return b.op("Mul", [s, mask], hint="gate")
 
 
 def _signed_sum(ctx, weighted: list[tuple[str, float]]) -> str:

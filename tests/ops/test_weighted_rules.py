@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from reference import explain_custom, dense_linear, rel_l2, rule_reference, single_op_model
 
-from onnxlrp import rules
+from onnxlrp import composites, rules
 
 RULES = {
     "epsilon": rules.Epsilon(),
@@ -186,3 +186,42 @@ def test_alpha_beta_rejects_bad_parameters():
         rules.AlphaBeta(alpha=2.0, beta=2.0)
     with pytest.raises(ValueError, match=">= 0"):
         rules.AlphaBeta(alpha=-1.0, beta=-2.0)
+
+
+def _dense_model(w, bias):
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k = w.shape
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], name="dense", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", m])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_gamma_closed_gate_with_zero_denominator_stays_finite():
+    """Gamma's up-branch denominator z_up + eps (eps folded into the bias) is exactly 0 here, at an output
+    whose z < 0 closes that branch's gate; the branch must pass 0 there, not 0 * inf = NaN."""
+    eps = 2.0 ** -20                                 # exact in float32, so that -eps + eps is exactly 0
+    w = np.array([[1.0, -1.0], [2.0, 1.0]], np.float32)
+    bias = np.array([-eps, 0.5], np.float32)         # output 0: z = z_up = -eps at x = 0
+    model = _dense_model(w, bias)
+    x = np.zeros((1, 2), np.float32)
+    R = np.array([[1.0, 1.0]], np.float32)
+    got = explain_custom(model, x, R, rules.Gamma(gamma=0.25, stabilizer=eps))
+    assert np.isfinite(got).all() and np.all(got == 0), got
+
+
+def test_gamma_gates_are_masks_not_where():
+    """The sign of Gamma's denominators is known when compiling: no data-dependent stabiliser, and the
+    gates are a 0/1 Mul (onnxruntime's CPU Where with a scalar branch is many times slower)."""
+    from onnxlrp.compiler import compile_explainer
+
+    w = np.array([[1.0, -1.0, 0.5], [2.0, 1.0, -3.0]], np.float32)
+    compiled = compile_explainer(_dense_model(w, np.array([0.1, -0.2], np.float32)),
+                                 composite=composites.Uniform(rules.Gamma()), mode="custom")
+    layer_ops = [n.op_type for n in compiled.model.graph.node if n.name.startswith("lrp/dense/")]
+    assert "Where" not in layer_ops and "GreaterOrEqual" not in layer_ops, layer_ops
+    assert layer_ops.count("Cast") == 2
