@@ -26,7 +26,7 @@ DEFAULT_STABILIZER = 1e-6
 class Transform:
     """A weight or bias transform, named so that it prints and compares as data."""
 
-    kind: str  # identity | positive | negative | gamma_up | gamma_down | square | ones
+    kind: str  # identity | positive | negative | gamma_up | gamma_down | scaled_positive | square | ones
     gamma: float = 0.0
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
@@ -41,6 +41,8 @@ class Transform:
             return v + self.gamma * np.clip(v, 0.0, None)
         if self.kind == "gamma_down":
             return v + self.gamma * np.clip(v, None, 0.0)
+        if self.kind == "scaled_positive":
+            return self.gamma * np.clip(v, 0.0, None)
         if self.kind == "square":
             return v * v
         if self.kind == "ones":
@@ -50,7 +52,13 @@ class Transform:
     @property
     def nonnegative(self) -> bool:
         """Every transformed value is >= 0, whatever the weights."""
-        return self.kind in ("positive", "square", "ones")
+        return self.kind in ("positive", "square", "ones") or (self.kind == "scaled_positive" and self.gamma >= 0)
+
+    def as_identity_plus_positive(self) -> tuple[float, float] | None:
+        """(a, c) with transform(W) = a W + c W+ for every W, or None where there are none."""
+        return {"identity": (1.0, 0.0), "positive": (0.0, 1.0), "negative": (1.0, -1.0),
+                "scaled_positive": (0.0, self.gamma), "gamma_up": (1.0, self.gamma),
+                "gamma_down": (1.0 + self.gamma, -self.gamma)}.get(self.kind)
 
     @property
     def nonpositive(self) -> bool:
@@ -58,7 +66,8 @@ class Transform:
 
     def __repr__(self) -> str:
         return {"identity": "W", "positive": "W+", "negative": "W-", "square": "W*W", "ones": "1",
-                "gamma_up": f"W+{self.gamma:g}W+", "gamma_down": f"W+{self.gamma:g}W-"}[self.kind]
+                "gamma_up": f"W+{self.gamma:g}W+", "gamma_down": f"W+{self.gamma:g}W-",
+                "scaled_positive": f"{self.gamma:g}W+"}[self.kind]
 
 
 IDENTITY = Transform("identity")

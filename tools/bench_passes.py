@@ -8,10 +8,12 @@ gamma (Gamma's negative branch left out after ReLUs), relu (relu(z) + eps as the
 of Epsilon layers and joins whose relevance is zero where z <= 0), sign (the stabiliser's sign known when
 compiling beyond z >= 0: Gamma's gated groups, AlphaBeta's inhibiting group), mask (gates as a 0/1 Mul
 instead of Where), shapes (constant reshape targets that keep the shapes known to onnxruntime), ones
-(Flat's transpose summed over channels first), zbox (W-^T s as W^T s - W+^T s). "Off" swaps the pass's decision function for one
-that always declines, so both graphs come from the same code. Both sessions stay alive and run in
-turn, so drifts of the machine's speed hit both alike; the median of the rounds after the first two
-is reported.
+(Flat's transpose summed over channels first), zbox (W-^T s as W^T s - W+^T s), shared (Gamma's two branches from the forward z and one
+shared Conv). "Off" swaps the
+pass's decision function for one that always declines, so both graphs come from the same code. Both
+sessions stay alive and run in turn, each first in every other round (the second run of a pair is
+measurably slower on this machine), so drifts of the machine's speed hit both alike; the median of the
+rounds after the first two is reported.
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ OFF = {
     "shapes": (context.NodeContext, "reshape_back", lambda self, r, j=0, i=0: self.b.reshape_like(r, self.x(i))),
     "ones": (conv.ConvMap, "_ones_transpose", lambda self, s: self._general_transpose(s, ONES)),
     "zbox": (weighted, "_transposes", _each_transposed),
+    "shared": (weighted, "_denominators_from_forward", lambda *args: None),
 }
 
 
@@ -103,11 +106,11 @@ def main(argv=None) -> int:
     x = bench.input_batch(args.model, args.batch)
     feeds = {sessions[0].get_inputs()[0].name: x, "target": np.full(args.batch, -1, np.int64)}
     times = [[], []]
-    for _ in range(args.rounds):
-        for session, record in zip(sessions, times):
+    for round_ in range(args.rounds):
+        for k in ((0, 1) if round_ % 2 == 0 else (1, 0)):  # either may go first: no order bias
             start = time.perf_counter()
-            session.run(None, feeds)
-            record.append((time.perf_counter() - start) * 1e3)
+            sessions[k].run(None, feeds)
+            times[k].append((time.perf_counter() - start) * 1e3)
     before, after = (statistics.median(t[2:]) for t in times)
     print(f"{Path(args.model).name} {args.composite} batch {args.batch}, {'+'.join(args.switch)}: "
           f"off {before:.1f} ms, on {after:.1f} ms, speed-up {before / after:.3f}")

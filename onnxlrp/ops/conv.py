@@ -155,6 +155,9 @@ class ConvTransposeMap(LinearMap):
     def out_channels(self):
         return self.weight.shape[1] * self.geometry.group
 
+    def fan_in(self):
+        return self.weight.shape[0] // self.geometry.group * int(np.prod(self.geometry.kernel))
+
     def forward(self, inp, weight, bias, offset=0.0):
         inputs = self.operands(inp, weight, bias, offset)
         return self.ctx.b.op("ConvTranspose", inputs, output_padding=self.output_padding, **self.geometry.attrs())

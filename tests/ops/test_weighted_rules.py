@@ -225,3 +225,41 @@ def test_gamma_gates_are_masks_not_where():
     layer_ops = [n.op_type for n in compiled.model.graph.node if n.name.startswith("lrp/dense/")]
     assert "Where" not in layer_ops and "GreaterOrEqual" not in layer_ops, layer_ops
     assert layer_ops.count("Cast") == 2
+
+
+@pytest.mark.parametrize("conv", ["2d_k3_s1_p1", "2d_k3_s2_p1", "2d_groups2"])
+@pytest.mark.parametrize("gamma", [0.25, 1.0])
+def test_gamma_after_relu_shares_one_modified_forward(conv, gamma, rng, monkeypatch):
+    """On inputs >= 0 (after a ReLU), both Gamma branches come from the forward z and one shared Conv
+    (z_up = z + g p, z_down = (1 + g) z - g p, p = W+ x + b+): the same relevance as the formulas, with
+    one Conv fewer (for layers this small only when the fan-in threshold is lowered)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxlrp.compiler import compile_explainer
+    from onnxlrp.ops import weighted
+
+    monkeypatch.setattr(weighted, "SHARED_CONV_MIN_FAN_IN", 0)
+
+    x_shape, w_shape, attrs = CONVS[conv]
+    weight = rng.normal(size=w_shape).astype(np.float32)
+    bias = rng.normal(scale=0.5, size=w_shape[0]).astype(np.float32)
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("Conv", ["h", "w", "b"], ["y"], name="layer", **attrs),
+             helper.make_node("Flatten", ["y"], ["logits"], name="flatten", axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + list(x_shape[1:]))],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rule = rules.Gamma(gamma=gamma)
+    x = rng.normal(size=x_shape).astype(np.float32)
+    h = np.maximum(x, 0)
+    A, b = dense_linear("Conv", x_shape, weight, bias, attrs)
+    R = _relevance_like(A @ h.reshape(len(h), -1).T.astype(np.float64) + b[:, None], rng)
+    got = explain_custom(model, x, R, rule)
+    want = np.stack([rule_reference("gamma", A, b, hi.ravel().astype(np.float64), ri.astype(np.float64),
+                                    eps=rule.stabilizer, gamma=gamma) for hi, ri in zip(h, R)]).reshape(x.shape)
+    assert rel_l2(got, want) < 1e-5, rel_l2(got, want)
+    compiled = compile_explainer(model, composite=composites.Uniform(rule), mode="custom")
+    convs = [n for n in compiled.model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert len(convs) == 4  # the forward, the shared W+ Conv, and one transpose per branch
