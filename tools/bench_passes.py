@@ -46,7 +46,7 @@ def _four_pass_stabilize(self, u, eps):
 
 
 def _nonnegative_only(group, computed, inputs):
-    return int(bool(computed) and all(weighted._nonnegative(t, inputs) for t in computed))
+    return int(bool(computed) and all(weighted._term_sign(t, inputs) == 1 for t in computed))
 
 
 def _gated_by_where(ctx, layer, s, gate):
@@ -61,7 +61,7 @@ def _each_transposed(ctx, layer, s, weights):
 OFF = {
     "reuse": (weighted, "_reuses_forward", lambda layer, term: False),
     "flip": (conv.ConvMap, "_flipped_pads", lambda self: None),
-    "fold": (weighted, "_nonnegative", lambda term, inputs: False),
+    "fold": (weighted, "_term_sign", lambda term, inputs: 0),
     "stab": (context.Builder, "stabilize", _four_pass_stabilize),
     "gamma": (ZeroRelevance, "only_where_positive", lambda self, node: False),
     "relu": (ZeroRelevance, "relu_of", lambda self, node: None),

@@ -206,35 +206,33 @@ def _reuses_forward(layer: LinearMap, term) -> bool:
         layer.bias is None or term.bias == IDENTITY)
 
 
-def _nonnegative(term, inputs: _InputParts) -> bool:
-    """Is sign * input * W' + b' >= 0 for any input and weights, by the signs of its factors alone?"""
+def _term_sign(term, inputs: _InputParts) -> int:
+    """+1 / -1 where sign * input * W' + b' is >= 0 / <= 0 for any input and weights, by the signs of its
+    factors alone; 0 where only the data tells."""
     if term.sign < 0 or term.input in CONSTANT_INPUTS:
-        return False
-    bias_ok = term.bias is None or term.bias.nonnegative
+        return 0
     if term.input == "x+" or (term.input == "x" and inputs.nonnegative):
-        return term.weight.nonnegative and bias_ok
-    return term.input == "x-" and term.weight.nonpositive and term.bias is None
+        input_sign = 1
+    elif term.input == "x-" and term.bias is None:
+        input_sign = -1
+    else:
+        return 0
+    sign = input_sign * _values_sign(term.weight)
+    if term.bias is not None and _values_sign(term.bias) != sign:
+        return 0
+    return sign
 
 
-def _nonpositive(term, inputs: _InputParts) -> bool:
-    """Is sign * input * W' + b' <= 0 for any input and weights (AlphaBeta's inhibiting group)?"""
-    if term.sign < 0 or term.input in CONSTANT_INPUTS:
-        return False
-    bias_ok = term.bias is None or term.bias.nonpositive
-    if term.input == "x+" or (term.input == "x" and inputs.nonnegative):
-        return term.weight.nonpositive and bias_ok
-    return term.input == "x-" and term.weight.nonnegative and term.bias is None
+def _values_sign(transform: Transform) -> int:
+    return 1 if transform.nonnegative else -1 if transform.nonpositive else 0
 
 
 def _known_sign(group: Group, computed, inputs: _InputParts) -> int:
     """+1 / -1 where stab(z_g) = z_g + eps / z_g - eps wherever relevance passes, 0 where only the data tells."""
     if group.gate and group.sign_follows_gate:
         return 1 if group.gate == "positive" else -1
-    if computed and all(_nonnegative(t, inputs) for t in computed):
-        return 1
-    if computed and all(_nonpositive(t, inputs) for t in computed):
-        return -1
-    return 0
+    signs = {_term_sign(t, inputs) for t in computed}
+    return signs.pop() if len(signs) == 1 else 0
 
 
 def _scaled_relevance(ctx, layer, group: Group, terms, inputs: _InputParts, eps: float) -> str:

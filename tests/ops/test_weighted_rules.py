@@ -227,18 +227,9 @@ def test_gamma_gates_are_masks_not_where():
     assert layer_ops.count("Cast") == 2
 
 
-@pytest.mark.parametrize("conv", ["2d_k3_s1_p1", "2d_k3_s2_p1", "2d_groups2"])
-@pytest.mark.parametrize("gamma", [0.25, 1.0])
-def test_gamma_after_relu_shares_one_modified_forward(conv, gamma, rng, monkeypatch):
-    """On inputs >= 0 (after a ReLU), both Gamma branches come from the forward z and one shared Conv
-    (z_up = z + g p, z_down = (1 + g) z - g p, p = W+ x + b+): the same relevance as the formulas, with
-    one Conv fewer (for layers this small only when the fan-in threshold is lowered)."""
+def _relu_conv_model(conv, rng):
+    """x -> Relu -> Conv -> Flatten -> logits: a layer whose input is known to be >= 0."""
     from onnx import TensorProto, helper, numpy_helper
-
-    from onnxlrp.compiler import compile_explainer
-    from onnxlrp.ops import weighted
-
-    monkeypatch.setattr(weighted, "SHARED_CONV_MIN_FAN_IN", 0)
 
     x_shape, w_shape, attrs = CONVS[conv]
     weight = rng.normal(size=w_shape).astype(np.float32)
@@ -246,11 +237,39 @@ def test_gamma_after_relu_shares_one_modified_forward(conv, gamma, rng, monkeypa
     nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
              helper.make_node("Conv", ["h", "w", "b"], ["y"], name="layer", **attrs),
              helper.make_node("Flatten", ["y"], ["logits"], name="flatten", axis=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + list(x_shape[1:]))],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         ["N"] + list(x_shape[1:]))],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    return model, weight, bias
+
+
+def test_alpha_beta_after_relu_folds_both_stabilisers(rng):
+    """After a ReLU, AlphaBeta's activating z is >= 0 and its inhibiting z <= 0 by construction: both
+    stabilisers go into biases, with no data-dependent sign logic left in the layer."""
+    from onnxlrp.compiler import compile_explainer
+
+    model, _, _ = _relu_conv_model("2d_k3_s1_p1", rng)
+    compiled = compile_explainer(model, composite=composites.Uniform(rules.AlphaBeta()), mode="custom")
+    layer_ops = [n.op_type for n in compiled.model.graph.node if n.name.startswith("lrp/layer/")]
+    assert layer_ops.count("Div") == 2 and not {"Where", "GreaterOrEqual", "Max", "Min"} & set(layer_ops), layer_ops
+
+
+@pytest.mark.parametrize("conv", ["2d_k3_s1_p1", "2d_k3_s2_p1", "2d_groups2"])
+@pytest.mark.parametrize("gamma", [0.25, 1.0])
+def test_gamma_after_relu_shares_one_modified_forward(conv, gamma, rng, monkeypatch):
+    """On inputs >= 0 (after a ReLU), both Gamma branches come from the forward z and one shared Conv
+    (z_up = z + g p, z_down = (1 + g) z - g p, p = W+ x + b+): the same relevance as the formulas, with
+    one Conv fewer (for layers this small only when the fan-in threshold is lowered)."""
+    from onnxlrp.compiler import compile_explainer
+    from onnxlrp.ops import weighted
+
+    monkeypatch.setattr(weighted, "SHARED_CONV_MIN_FAN_IN", 0)
+
+    x_shape, _, attrs = CONVS[conv]
+    model, weight, bias = _relu_conv_model(conv, rng)
     rule = rules.Gamma(gamma=gamma)
     x = rng.normal(size=x_shape).astype(np.float32)
     h = np.maximum(x, 0)
