@@ -82,7 +82,7 @@ def test_interrupted_job_loses_nothing_and_resumes(tmp_path, models_dir, rng, st
     without redoing what was done."""
     data = tmp_path / "data"
     data.mkdir()
-    n = 300
+    n = 1200  # enough that the job cannot finish between the 10th output and the signal
     for i in range(n):
         np.save(data / f"x{i:03d}.npy", rng.normal(size=(3, 32, 32)).astype(np.float32))
     out = tmp_path / "out"
@@ -92,6 +92,7 @@ def test_interrupted_job_loses_nothing_and_resumes(tmp_path, models_dir, rng, st
     deadline = time.monotonic() + 60
     while len(list(out.glob("*.relevance.npy"))) < 10 and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.02)
+    assert job.poll() is None, "the job finished before it could be interrupted"
     job.send_signal(stop)
     stdout, stderr = job.communicate(timeout=60)
     assert job.returncode == 130, stderr
