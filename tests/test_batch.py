@@ -82,13 +82,16 @@ def test_interrupted_job_loses_nothing_and_resumes(tmp_path, models_dir, rng, st
     without redoing what was done."""
     data = tmp_path / "data"
     data.mkdir()
-    n = 1200  # enough that the job cannot finish between the 10th output and the signal
+    n = 300
     for i in range(n):
         np.save(data / f"x{i:03d}.npy", rng.normal(size=(3, 32, 32)).astype(np.float32))
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "onnxlrp.cli", "explain", str(models_dir / "small_vgg.onnx"), str(data),
             "--out", str(out), "--batch-size", "1", "--threads", "1", "--quiet"]
-    job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (CI run with "&" or nohup) starts with SIGINT ignored, which Python then
+    # keeps ignoring; the job under test gets the default disposition, as from a terminal
+    job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while len(list(out.glob("*.relevance.npy"))) < 10 and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.02)
