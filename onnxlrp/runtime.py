@@ -50,7 +50,7 @@ class Explainer:
         self.explained_inputs = inputs
         self.layer_sums = layer_sums
         self.layer_relevances = layer_relevances
-        self.session_options = session_options or _default_session_options(threads)
+        self.session_options = session_options or default_session_options(threads)
         self._compiled: dict[str, CompiledExplainer] = {}
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._forward: ort.InferenceSession | None = None
@@ -249,7 +249,7 @@ def forward_model(compiled: CompiledExplainer) -> onnx.ModelProto:
     return model
 
 
-def _default_session_options(threads: int | None) -> ort.SessionOptions:
+def default_session_options(threads: int | None) -> ort.SessionOptions:
     """All graph optimisations (layout transforms: NCHWc convolutions on CPU), sequential execution (the
     relevance graph is one long chain; inter-op parallelism only adds contention), the memory-pattern
     planner and arena (same shapes call after call), and `threads` intra-op threads (default: all cores)."""
