@@ -111,7 +111,7 @@ def cmd_compile(args) -> int:
             raise OnnxLrpError(f"refusing to overwrite the input model '{model}'")
         try:
             written = compile_model(model, target, composite=composite, mode=args.mode, output=_model_output(args),
-                                    inputs=_model_inputs(args))
+                                    inputs=_model_inputs(args), external_data=True if args.external_data else None)
             print(f"{model} -> {written}")
         except OnnxLrpError as exc:
             failures += 1
@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="folder for the outputs when compiling several models")
     p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive", "custom"],
                    help="where the explanation starts (default logit)")
+    p.add_argument("--external-data", action="store_true",
+                   help="keep the weights in OUT.data beside the model (always done over 2 GB); onnxruntime maps "
+                   "them into memory, which lowers a session's peak memory")
     _add_composite_options(p)
     p.set_defaults(func=cmd_compile)
 

@@ -346,15 +346,17 @@ def _write_metadata(compiled: CompiledExplainer, composite, mode: str) -> None:
 
 
 def compile(model, output_path: str | os.PathLike, composite: Composite | str | None = None, mode: str = "logit",
-            output: int | str | None = None, check: bool = True, **options):
+            output: int | str | None = None, check: bool = True, external_data: bool | None = None, **options):
     """Compile `model` into an explainer model written atomically to `output_path`.
 
-    The input model file is only read. Returns the path written.
+    The input model file is only read. Returns the path written. external_data: the weights in
+    `<output>.data` beside it (default: only for models over 2 GB); onnxruntime then maps them into
+    memory instead of copying them out of the file, which lowers a session's peak memory.
     """
     compiled = compile_explainer(model, composite=composite, mode=mode, output=output, **options)
     if check:
         check_explainer(compiled.model)
-    return save_model(compiled.model, output_path)
+    return save_model(compiled.model, output_path, external_data=external_data)
 
 
 def check_explainer(model: onnx.ModelProto) -> None:

@@ -29,6 +29,22 @@ def test_compile_writes_explainer_and_leaves_input(tmp_path, models_dir):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_compile_with_external_data_gives_the_same_explainer(tmp_path, models_dir):
+    import onnxruntime as ort
+
+    assert main(["compile", str(models_dir / "tiny_vgg.onnx"), "-o", str(tmp_path / "ext.onnx"),
+                 "--external-data"]) == 0
+    assert main(["compile", str(models_dir / "tiny_vgg.onnx"), "-o", str(tmp_path / "one.onnx")]) == 0
+    assert (tmp_path / "ext.onnx.data").stat().st_size > (tmp_path / "ext.onnx").stat().st_size
+    assert not (tmp_path / "one.onnx.data").exists()
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    feeds = {"image": x, "target": np.array([3, -1], np.int64)}
+    runs = [ort.InferenceSession(str(tmp_path / name)).run(["relevance_image"], feeds)[0]
+            for name in ("ext.onnx", "one.onnx")]
+    assert np.array_equal(runs[0], runs[1])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_explain_image_and_npy(tmp_path, models_dir, capsys):
     out = tmp_path / "heat"
     assert main(["explain", str(models_dir / "tiny_vgg.onnx"), str(models_dir / "example.png"), "--target", "3",
