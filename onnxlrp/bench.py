@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import composites as composites_module
-from .runtime import sample_feeds
+from .runtime import default_session_options, sample_feeds
 
 
 @dataclass
@@ -37,15 +37,6 @@ class Timing:
     compile_s: float | None = None
     peak_mb: float | None = None          # one session built and run once, in a fresh process
     compile_peak_mb: float | None = None  # compiling the explainer, in a fresh process
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
 
 
 def measure(run, warmup: int, repeats: int) -> list[float]:
@@ -75,7 +66,7 @@ class Case:
 
 
 def inference_case(model_path: str, x: np.ndarray, threads: int, providers=None) -> Case:
-    session = ort.InferenceSession(model_path, session_options(threads),
+    session = ort.InferenceSession(model_path, default_session_options(threads),
                                    providers=providers or ["CPUExecutionProvider"])
     feeds = {session.get_inputs()[0].name: x}
     return Case("inference", lambda: session.run(None, feeds))
@@ -88,7 +79,7 @@ def explain_case(model_path: str, composite_name: str, x: np.ndarray, threads: i
 
     start = time.perf_counter()
     compiled = compile_explainer(model_path, composite=composite_for(composite_name))
-    session = ort.InferenceSession(compiled.model.SerializeToString(), session_options(threads),
+    session = ort.InferenceSession(compiled.model.SerializeToString(), default_session_options(threads),
                                    providers=providers or ["CPUExecutionProvider"])
     feeds = {compiled.inputs[0]: x, compiled.target_input: np.full(len(x), -1, np.int64)}
     compile_s = time.perf_counter() - start
@@ -123,7 +114,7 @@ def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite,
         from .compiler import compile_explainer
         compile_explainer(model_path, composite=composite_for(composite))
     else:   # one session of the model at model_path (the original, or a compiled explainer) and one run
-        session = ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model_path, default_session_options(threads), providers=["CPUExecutionProvider"])
         session.run(None, sample_feeds(session, batch))
     queue.put(_peak_rss_mb() - baseline)
 

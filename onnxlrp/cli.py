@@ -46,6 +46,16 @@ def _add_composite_options(parser: argparse.ArgumentParser) -> None:
                        "the others get relevance too")
 
 
+def _add_written_model_options(parser: argparse.ArgumentParser, mode_help: str) -> None:
+    """compile and export: where the written explainer starts, and how its weights are stored."""
+    from .output_relevance import MODES
+
+    parser.add_argument("--mode", default="logit", choices=list(MODES), help=mode_help)
+    parser.add_argument("--external-data", action="store_true",
+                        help="keep the weights in a separate file beside the model (always done for models over "
+                        "2 GB); onnxruntime maps them into memory, which lowers a session's peak memory")
+
+
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     """What explain and evaluate share: the class explained, where it starts, image normalisation."""
     parser.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
@@ -292,11 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX model file(s)")
     p.add_argument("-o", "--out", help="output file (default MODEL.lrp.onnx beside the model)")
     p.add_argument("--out-dir", help="folder for the outputs when compiling several models")
-    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive", "custom"],
-                   help="where the explanation starts (default logit)")
-    p.add_argument("--external-data", action="store_true",
-                   help="keep the weights in OUT.data beside the model (always done over 2 GB); onnxruntime maps "
-                   "them into memory, which lowers a session's peak memory")
+    _add_written_model_options(p, mode_help="where the explanation starts (default logit)")
     _add_composite_options(p)
     p.set_defaults(func=cmd_compile)
 
@@ -310,11 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["triton", "mlflow"], help="triton or mlflow")
     p.add_argument("--out", required=True, help="triton: the model repository folder (the model goes to "
                    "OUT/NAME/); mlflow: the model folder to create")
-    p.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive", "custom"],
-                   help="where the explanation starts (custom: the server takes the start relevance as an input)")
+    _add_written_model_options(p, mode_help="where the explanation starts (custom: the server takes the start "
+                               "relevance as an input)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the server runs it (default cpu)")
-    p.add_argument("--external-data", action="store_true",
-                   help="keep the weights in a separate file (always done for models over 2 GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export (triton: that version)")
     group = p.add_argument_group("triton")
     group.add_argument("--name", default=None, help="model name in the repository (default: MODEL's stem + _lrp)")

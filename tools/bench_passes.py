@@ -34,6 +34,7 @@ import onnxlrp.ops.conv as conv  # noqa: E402
 import onnxlrp.ops.weighted as weighted  # noqa: E402
 from onnxlrp import bench  # noqa: E402
 from onnxlrp.compiler import compile_explainer  # noqa: E402
+from onnxlrp.runtime import default_session_options  # noqa: E402
 from onnxlrp.rules import ONES  # noqa: E402
 from onnxlrp.zero_relevance import ZeroRelevance  # noqa: E402
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     with switched_off(args.switch):
         off = compile_explainer(args.model, composite=composite).model
     on = compile_explainer(args.model, composite=composite).model
-    sessions = [ort.InferenceSession(m.SerializeToString(), bench.session_options(args.threads),
+    sessions = [ort.InferenceSession(m.SerializeToString(), default_session_options(args.threads),
                                      providers=["CPUExecutionProvider"]) for m in (off, on)]
     x = bench.input_batch(args.model, args.batch)
     feeds = {sessions[0].get_inputs()[0].name: x, "target": np.full(args.batch, -1, np.int64)}

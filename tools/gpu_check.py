@@ -21,7 +21,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxlrp import bench  # noqa: E402
-from onnxlrp.runtime import Explainer, sample_feeds  # noqa: E402
+from onnxlrp.runtime import Explainer, default_session_options, sample_feeds  # noqa: E402
 
 
 def placements(model: str, composite: str, provider: str, batch: int = 2) -> collections.Counter:
@@ -30,7 +30,7 @@ def placements(model: str, composite: str, provider: str, batch: int = 2) -> col
         raise SystemExit(f"{provider} is not available in this onnxruntime build "
                          f"({', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu")
     compiled = Explainer(model, composite=bench.composite_for(composite)).compiled("logit")
-    options = bench.session_options(os.cpu_count() or 1)
+    options = default_session_options(os.cpu_count() or 1)
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as folder:
         options.profile_file_prefix = str(Path(folder) / "profile")
