@@ -16,6 +16,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import composites as composites_module
-from .runtime import default_session_options, sample_feeds
+from .runtime import default_session_options, new_session, sample_feeds
 
 
 @dataclass
@@ -66,8 +67,7 @@ class Case:
 
 
 def inference_case(model_path: str, x: np.ndarray, threads: int, providers=None) -> Case:
-    session = ort.InferenceSession(model_path, default_session_options(threads),
-                                   providers=providers or ["CPUExecutionProvider"])
+    session = new_session(model_path, default_session_options(threads), providers or ["CPUExecutionProvider"])
     feeds = {session.get_inputs()[0].name: x}
     return Case("inference", lambda: session.run(None, feeds))
 
@@ -79,8 +79,8 @@ def explain_case(model_path: str, composite_name: str, x: np.ndarray, threads: i
 
     start = time.perf_counter()
     compiled = compile_explainer(model_path, composite=composite_for(composite_name))
-    session = ort.InferenceSession(compiled.model.SerializeToString(), default_session_options(threads),
-                                   providers=providers or ["CPUExecutionProvider"])
+    session = new_session(compiled.model.SerializeToString(), default_session_options(threads),
+                          providers or ["CPUExecutionProvider"])
     feeds = {compiled.inputs[0]: x, compiled.target_input: np.full(len(x), -1, np.int64)}
     compile_s = time.perf_counter() - start
     del compiled
@@ -149,14 +149,27 @@ def _explainer_peaks(model_path: str, names: list[str], batches: list[int], thre
     return peaks
 
 
-def machine() -> str:
+def machine(providers=None) -> str:
+    """The CPU, its logical CPUs and onnxruntime's version; the GPU's name when a CUDA provider is asked for."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, onnxruntime {ort.__version__}"
+    described = f"{cpu}, {os.cpu_count()} logical CPUs, onnxruntime {ort.__version__}"
+    if providers and any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers):
+        described += f", GPU {_gpu_name()}"
+    return described
+
+
+def _gpu_name() -> str:
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=30)
+        return found.stdout.strip().splitlines()[0] if found.returncode == 0 and found.stdout.strip() else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "? (nvidia-smi not found)"
 
 
 def benchmark(model_path: str, composite_names: list[str], batches: list[int], threads: int, warmup: int = 2,

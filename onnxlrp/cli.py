@@ -265,13 +265,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
+    from .runtime import CUDA_PROVIDERS
 
     names = [n.strip() for n in args.composites.split(",") if n.strip()]
     for name in names:
         bench.composite_for(name)     # an unknown name fails before any timing
     batches = [int(b) for b in args.batches.split(",")]
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "gpu" else None
-    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
+    providers = CUDA_PROVIDERS if args.device == "gpu" else None
+    print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
           f"in {args.rounds} rounds")
     rows = bench.benchmark(args.model, names, batches, args.threads, args.warmup, args.repeats,
                            memory=not args.no_memory and args.device == "cpu", providers=providers,

@@ -18,8 +18,6 @@ import numpy as np
 
 from .errors import OnnxLrpError
 
-CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
 
 def _ray():
     try:
@@ -55,9 +53,9 @@ def _pool(actors: int | None, cpus_per_actor: float, gpus_per_actor: float):
 
 def _actor_explainer(model_path: str, composite, options: dict, threads: int, gpu: bool):
     """An actor's explainer: `threads` onnxruntime threads (its CPUs), the CUDA provider if it has a GPU."""
-    from .runtime import Explainer
+    from .runtime import CUDA_PROVIDERS, Explainer
 
-    return Explainer(model_path, composite=composite, providers=CUDA if gpu else None, threads=threads, **options)
+    return Explainer(model_path, composite=composite, providers=CUDA_PROVIDERS if gpu else None, threads=threads, **options)
 
 
 def _on_actors(ds, actor_class, constructor_args: tuple, batch_size: int, actors: int | None,

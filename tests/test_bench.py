@@ -50,3 +50,11 @@ def test_peak_memory_is_measured_in_fresh_processes(models_dir, capsys):
 def test_input_batch_has_the_model_shape(models_dir):
     x = bench.input_batch(str(models_dir / "tiny_vgg.onnx"), 3)
     assert x.shape == (3, 3, 32, 32) and x.dtype == np.float32
+
+
+def test_machine_names_the_gpu_only_when_the_cuda_provider_is_asked_for(monkeypatch):
+    from onnxlrp.runtime import CUDA_PROVIDERS
+
+    monkeypatch.setattr(bench, "_gpu_name", lambda: "NVIDIA H100 80GB HBM3, 580.159.04")
+    assert "GPU" not in bench.machine(["CPUExecutionProvider"])
+    assert bench.machine(CUDA_PROVIDERS).endswith("GPU NVIDIA H100 80GB HBM3, 580.159.04")

@@ -6,6 +6,7 @@ import pytest
 
 from onnxlrp import Explainer
 from onnxlrp.errors import InputError
+from onnxlrp import runtime
 from onnxlrp.runtime import forward_model
 
 
@@ -108,3 +109,25 @@ def test_a_provider_the_build_lacks_is_a_clear_error(models_dir):
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(InputError, match="onnxruntime-gpu"):
         Explainer(models_dir / "tiny_resnet.onnx", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_a_provider_that_cannot_start_is_an_error_not_a_silent_cpu_run(models_dir, monkeypatch):
+    """onnxruntime-gpu without its CUDA libraries logs a line and runs the session on the CPU."""
+    class FellBack:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    model = (models_dir / "tiny_resnet.onnx").read_bytes()
+    assert runtime.new_session(model, None, ["CPUExecutionProvider"]).get_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setattr(runtime.ort, "InferenceSession", FellBack)
+    with pytest.raises(InputError, match="could not start CUDAExecutionProvider.*CUDA and cuDNN libraries"):
+        runtime.new_session(model, None, runtime.CUDA_PROVIDERS)
+
+
+def test_the_cuda_provider_runs_full_float32():
+    """TF32 (onnxruntime's CUDA default) would break the 1e-4 agreement with Zennit."""
+    name, options = runtime.CUDA_PROVIDERS[0]
+    assert name == "CUDAExecutionProvider" and options["use_tf32"] == "0"

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnxlrp import bench  # noqa: E402
+from onnxlrp.runtime import CUDA_PROVIDERS  # noqa: E402
 
 try:
     import torch
@@ -162,11 +163,12 @@ def export(name: str, cache: Path) -> Path:
     return path
 
 
-def zennit_cases(name: str, composite_names):
+def zennit_cases(name: str, composite_names, device: str = "cpu"):
     if ZENNIT is None:
         return lambda x, batch: []
     composites, Gradient, _ = ZENNIT
     _, twin = build(name)
+    twin = twin.to(device)
     made = {"epsilon_plus_flat": lambda: composites.EpsilonPlusFlat(),
             "epsilon_gamma_box": lambda: composites.EpsilonGammaBox(**bench.BOUNDS),
             "epsilon_plus": lambda: composites.EpsilonPlus(),
@@ -177,7 +179,8 @@ def zennit_cases(name: str, composite_names):
 
     def cases(x, batch):
         """One attributor per composite, each on its own copy of the twin (Zennit's hooks are per model),
-        held open while the cases are timed."""
+        held open while the cases are timed. Like onnxruntime's run, a call takes the batch from host memory
+        and returns the relevance there (which also waits for the GPU)."""
         xt = torch.from_numpy(x)
         made_cases = []
         for composite_name in composite_names:
@@ -185,7 +188,8 @@ def zennit_cases(name: str, composite_names):
                 continue
             attributor = Gradient(model=copy.deepcopy(twin), composite=made[composite_name]())
             attributor.__enter__()
-            made_cases.append(bench.Case(f"zennit {composite_name}", lambda a=attributor: a(xt, start)))
+            made_cases.append(bench.Case(f"zennit {composite_name}",
+                                         lambda a=attributor: a(xt.to(device), start)[1].cpu()))
         return made_cases
 
     return cases
@@ -201,20 +205,24 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per case, in all")
     parser.add_argument("--rounds", type=int, default=3, help="turns over all cases the repeats are spread on")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                        help="gpu: onnxruntime's CUDA provider and Zennit on torch's CUDA device (no memory figures)")
     parser.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "onnxlrp-bench"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     names = args.composites.split(",")
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"machine: {bench.machine()}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
+    gpu = args.device == "gpu"
+    providers = CUDA_PROVIDERS if gpu else None
+    print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
           f"in {args.rounds} rounds; "
           f"torch {torch.__version__}; zennit {'yes' if ZENNIT else 'not installed'}")
     for name in args.models.split(","):
         path = export(name, Path(args.cache))
         rows = bench.benchmark(str(path), names, batches, args.threads, args.warmup, args.repeats,
-                               memory=not args.no_memory,
-                               extra=zennit_cases(name, names), rounds=args.rounds)
+                               memory=not args.no_memory and not gpu, providers=providers,
+                               extra=zennit_cases(name, names, "cuda" if gpu else "cpu"), rounds=args.rounds)
         print(f"\n### {name} ({path})\n")
         print(bench.table(rows, model_mb=path.stat().st_size / 1e6))
         sys.stdout.flush()

@@ -21,7 +21,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxlrp import bench  # noqa: E402
-from onnxlrp.runtime import Explainer, default_session_options, sample_feeds  # noqa: E402
+from onnxlrp.runtime import Explainer, default_session_options, new_session, sample_feeds  # noqa: E402
 
 
 def placements(model: str, composite: str, provider: str, batch: int = 2) -> collections.Counter:
@@ -35,7 +35,7 @@ def placements(model: str, composite: str, provider: str, batch: int = 2) -> col
     with tempfile.TemporaryDirectory() as folder:
         options.profile_file_prefix = str(Path(folder) / "profile")
         providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
-        session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=providers)
+        session = new_session(compiled.model.SerializeToString(), options, providers)
         session.run(None, sample_feeds(session, batch))
         events = json.loads(Path(session.end_profiling()).read_text())
     counts = collections.Counter()
