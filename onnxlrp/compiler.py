@@ -21,6 +21,7 @@ from .contrastive import contrastive_relevance
 from .canonical.batch import BATCH_DIM
 from .composites import Composite, Layer
 from .errors import UnsupportedModelError, UnsupportedOpError
+from .fanout import factor_fanout_products
 from .graph import ForwardGraph
 from .model import is_large, load_model, save_model
 from .zero_relevance import ZeroRelevance
@@ -238,8 +239,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             relevance_outputs_by_layer.append(name)
     graph_outputs.extend(extra_outputs)
 
+    relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
     graph = helper.make_graph(
-        forward_nodes + b.nodes, "onnxlrp_explainer",
+        forward_nodes + relevance_nodes, "onnxlrp_explainer",
         [_with_dynamic_batch(v) for v in canonical.model.graph.input] + extra_inputs, graph_outputs,
         initializer=list(canonical.model.graph.initializer) + b.initializers)
     explainer = helper.make_model(graph, opset_imports=list(canonical.model.opset_import),

@@ -9,7 +9,7 @@ of Epsilon layers and joins whose relevance is zero where z <= 0), sign (the sta
 compiling beyond z >= 0: Gamma's gated groups, AlphaBeta's inhibiting group), mask (gates as a 0/1 Mul
 instead of Where), shapes (constant reshape targets that keep the shapes known to onnxruntime), ones
 (Flat's transpose summed over channels first), zbox (W-^T s as W^T s - W+^T s), shared (Gamma's two branches from the forward z and one
-shared Conv). "Off" swaps the
+shared Conv), fanout (Sum of x * c_k over a tensor's readers as x * Sum c_k). "Off" swaps the
 pass's decision function for one that always declines, so both graphs come from the same code. Both
 sessions stay alive and run in turn, each first in every other round (the second run of a pair is
 measurably slower on this machine), so drifts of the machine's speed hit both alike; the median of the
@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import onnxlrp.compiler as compiler  # noqa: E402
 import onnxlrp.ops.context as context  # noqa: E402
 import onnxlrp.ops.conv as conv  # noqa: E402
 import onnxlrp.ops.weighted as weighted  # noqa: E402
@@ -72,6 +73,7 @@ OFF = {
     "ones": (conv.ConvMap, "_ones_transpose", lambda self, s: self._general_transpose(s, ONES)),
     "zbox": (weighted, "_transposes", _each_transposed),
     "shared": (weighted, "_denominators_from_forward", lambda *args: None),
+    "fanout": (compiler, "factor_fanout_products", lambda nodes, keep=frozenset(): nodes),
 }
 
 
