@@ -240,13 +240,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     graph_outputs.extend(extra_outputs)
 
     relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
-    graph = helper.make_graph(
-        forward_nodes + relevance_nodes, "onnxlrp_explainer",
-        [_with_dynamic_batch(v) for v in canonical.model.graph.input] + extra_inputs, graph_outputs,
-        initializer=list(canonical.model.graph.initializer) + b.initializers)
-    explainer = helper.make_model(graph, opset_imports=list(canonical.model.opset_import),
-                                  producer_name="onnxlrp", producer_version=__version__)
-    explainer.ir_version = canonical.model.ir_version
+    explainer = _explainer_model(canonical.model, forward_nodes + relevance_nodes,
+                                 [_with_dynamic_batch(v) for v in canonical.model.graph.input] + extra_inputs,
+                                 graph_outputs, b.initializers)
     layer_rules = [(layer.name, layer.op_type, repr(rules[layer.name])) for layer in layers]
     target_input = extra_inputs[0].name if mode != "custom" else None
     compiled = CompiledExplainer(
@@ -259,6 +255,22 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         layer_relevance_outputs=relevance_outputs_by_layer)
     _write_metadata(compiled, composite, mode)
     return compiled
+
+
+def _explainer_model(canonical: onnx.ModelProto, nodes, inputs, outputs, initializers) -> onnx.ModelProto:
+    """The explainer, built inside the canonical model (which only the compiler holds): its weights stay
+    where they are instead of being copied twice more (make_graph, make_model), seconds for a VGG-16."""
+    graph = canonical.graph
+    del graph.node[:], graph.input[:], graph.output[:], graph.value_info[:]
+    graph.node.extend(nodes)
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    graph.initializer.extend(initializers)
+    graph.name, graph.doc_string = "onnxlrp_explainer", ""
+    for field in ("metadata_props", "doc_string", "domain", "model_version", "training_info", "functions"):
+        canonical.ClearField(field)
+    canonical.producer_name, canonical.producer_version = "onnxlrp", __version__
+    return canonical
 
 
 def _handler(node: onnx.NodeProto, rule: Rule | None):

@@ -4,6 +4,7 @@ Each rewrite is one module; `canonicalize` runs them in order.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import onnx
@@ -52,12 +53,11 @@ def fold_until_stable(model: onnx.ModelProto, rounds: int = 32) -> onnx.ModelPro
     for _ in range(rounds):
         model = infer_shapes(model)
         graph = gs.import_onnx(model)
+        before = len(graph.nodes)
         fold_constants(graph)
-        folded = _export(graph, model.ir_version)
-        unchanged = len(folded.graph.node) == len(model.graph.node)
-        model = folded
-        if unchanged:
-            break
+        if len(graph.nodes) == before:
+            return model      # nothing folded: no export (a copy of every weight)
+        model = _export(graph, model.ir_version)
     return infer_shapes(model)
 
 
@@ -69,26 +69,41 @@ def _export(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
     return model
 
 
-# Initialisers larger than this go through shape inference as shapes only (their bytes are set aside):
-# serialising a VGG-16's half gigabyte of weights for every round would dominate the compile time.
-_SHAPE_ONLY_BYTES = 4096
+# Initialisers with more elements than this go through shape inference as typed graph inputs, without
+# their bytes: serialising a VGG-16's half gigabyte of weights for every round would dominate the compile
+# time. (Counted from the dims: even ByteSize() costs a pass over the bytes.)
+_SHAPE_ONLY_ELEMENTS = 1024
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with inferred value_info and output types (the same object, updated in place)."""
-    set_aside = [(t, t.raw_data) for t in model.graph.initializer if len(t.raw_data) > _SHAPE_ONLY_BYTES]
-    for tensor, _ in set_aside:
-        tensor.ClearField("raw_data")
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), check_type=True, strict_mode=True,
+                                                     data_prop=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"shape inference failed on the model: {first}") from None
-    finally:
-        for tensor, data in set_aside:
-            tensor.raw_data = data
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     for output, typed in zip(model.graph.output, inferred.graph.output):
         output.type.CopyFrom(typed.type)
     return model
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose large initialisers are typed graph inputs: the same shapes to infer, none of
+    the bytes to copy (small ones stay, shape inference reads their values)."""
+    graph = onnx.GraphProto(name=model.graph.name)
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    listed = {value.name for value in model.graph.input}
+    for tensor in model.graph.initializer:
+        if math.prod(tensor.dims) <= _SHAPE_ONLY_ELEMENTS:
+            graph.initializer.append(tensor)
+        elif tensor.name not in listed:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, graph=graph)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    return skeleton

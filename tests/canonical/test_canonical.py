@@ -141,3 +141,31 @@ def test_zero_pad_folds_into_the_next_conv(rng):
         }""", w=rng.normal(size=(3, 2, 3, 3)), b=rng.normal(size=3))
     model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 2, 0, 0, 0, 1, 0], np.int64), "pads"))
     assert _ops_and_outputs_match(model, (2, 2, 5, 5), rng) == ["Conv"]
+
+
+def test_shapes_are_inferred_without_copying_the_weights(models_dir):
+    """infer_shapes hands onnx a skeleton whose large initialisers are typed inputs: the same shapes as
+    inferring on the whole model, and the model's own initialisers untouched."""
+    from onnxlrp.canonical import infer_shapes
+
+    model = onnx.load(models_dir / "small_vgg.onnx")
+    assert any(np.prod(t.dims) > 1024 for t in model.graph.initializer)
+    weights = [t.SerializeToString() for t in model.graph.initializer]
+    expected = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    inferred = infer_shapes(model)
+    shapes = lambda m: {v.name: v.type.SerializeToString() for v in m.graph.value_info}  # noqa: E731
+    assert shapes(inferred) == shapes(expected) and shapes(inferred)
+    assert [t.SerializeToString() for t in model.graph.initializer] == weights
+
+
+def test_compiling_leaves_the_callers_model_as_it_was(models_dir):
+    """The explainer is built inside the canonical model; that must be a model of the compiler's own."""
+    from onnxlrp.compiler import compile_explainer
+
+    model = onnx.load(models_dir / "tiny_resnet.onnx")
+    model.metadata_props.add(key="author", value="someone")
+    before = model.SerializeToString()
+    explainer = compile_explainer(model, composite="epsilon_plus_flat").model
+    assert model.SerializeToString() == before
+    assert "author" not in {p.key for p in explainer.metadata_props} and explainer.producer_name == "onnxlrp"
+    onnx.checker.check_model(explainer)
