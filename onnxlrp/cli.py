@@ -272,8 +272,8 @@ def cmd_bench(args) -> int:
         bench.composite_for(name)     # an unknown name fails before any timing
     batches = [int(b) for b in args.batches.split(",")]
     providers = CUDA_PROVIDERS if args.device == "gpu" else None
-    print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
-          f"in {args.rounds} rounds")
+    print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; "
+          f"median of {args.repeats} in {args.rounds} rounds")
     rows = bench.benchmark(args.model, names, batches, args.threads, args.warmup, args.repeats,
                            memory=not args.no_memory and args.device == "cpu", providers=providers,
                            rounds=args.rounds)

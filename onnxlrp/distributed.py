@@ -55,7 +55,8 @@ def _actor_explainer(model_path: str, composite, options: dict, threads: int, gp
     """An actor's explainer: `threads` onnxruntime threads (its CPUs), the CUDA provider if it has a GPU."""
     from .runtime import CUDA_PROVIDERS, Explainer
 
-    return Explainer(model_path, composite=composite, providers=CUDA_PROVIDERS if gpu else None, threads=threads, **options)
+    return Explainer(model_path, composite=composite, providers=CUDA_PROVIDERS if gpu else None, threads=threads,
+                     **options)
 
 
 def _on_actors(ds, actor_class, constructor_args: tuple, batch_size: int, actors: int | None,

@@ -215,7 +215,11 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     gpu = args.device == "gpu"
     providers = CUDA_PROVIDERS if gpu else None
-    print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; median of {args.repeats} "
+    if gpu:     # full float32 on both sides: CUDA_PROVIDERS turns onnxruntime's TF32 off, this torch's
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; "
+          f"median of {args.repeats} "
           f"in {args.rounds} rounds; "
           f"torch {torch.__version__}; zennit {'yes' if ZENNIT else 'not installed'}")
     for name in args.models.split(","):
