@@ -39,3 +39,15 @@ def test_every_relevance_tensor_has_a_known_shape(models_dir, model, composite):
 def test_known_shapes_survive_onnx_checker(models_dir):
     explainer = compile_explainer(models_dir / "small_vgg.onnx", composite="epsilon_plus_flat").model
     onnx.checker.check_model(explainer)
+
+
+def test_epsilon_dense_layers_transpose_the_forward_weight_itself(models_dir):
+    """Epsilon's transposed pass reads the forward Gemm's own W: no copy (VGG-16's fc1 would be 400 MB)."""
+    explainer = compile_explainer(models_dir / "small_vgg.onnx", composite="epsilon_plus_flat").model
+    weights = {t.name: t for t in explainer.graph.initializer}
+    gemms = [n for n in explainer.graph.node if n.op_type == "Gemm" and not n.name.startswith("lrp/")]
+    transposes = [n for n in explainer.graph.node if n.op_type == "MatMul" and n.name.startswith("lrp/")]
+    assert gemms and {n.input[1] for n in transposes} == {n.input[1] for n in gemms}
+    for gemm in gemms:
+        same = [t for t in weights.values() if t.raw_data == weights[gemm.input[1]].raw_data]
+        assert len(same) == 1

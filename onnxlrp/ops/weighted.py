@@ -27,7 +27,10 @@ class LinearMap:
     # transformed weights become initialisers, each at most once per layer
     def weight_name(self, transform: Transform) -> str:
         if transform not in self._weights:
-            self._weights[transform] = self.ctx.b.const(transform(self.weight), hint=f"W_{transform.kind}")
+            if transform.kind == "identity":    # the forward op's own initialiser, not a copy (VGG's fc1: 400 MB)
+                self._weights[transform] = self.ctx.node.input[1]
+            else:
+                self._weights[transform] = self.ctx.b.const(transform(self.weight), hint=f"W_{transform.kind}")
         return self._weights[transform]
 
     def bias_name(self, transform: Transform | None, offset: float = 0.0) -> str | None:
