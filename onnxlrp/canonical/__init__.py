@@ -97,6 +97,8 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)   # an exporter's types for what inference cannot derive
+    graph.sparse_initializer.extend(model.graph.sparse_initializer)
     listed = {value.name for value in model.graph.input}
     for tensor in model.graph.initializer:
         if math.prod(tensor.dims) <= _SHAPE_ONLY_ELEMENTS:

@@ -169,3 +169,20 @@ def test_compiling_leaves_the_callers_model_as_it_was(models_dir):
     assert model.SerializeToString() == before
     assert "author" not in {p.key for p in explainer.metadata_props} and explainer.producer_name == "onnxlrp"
     onnx.checker.check_model(explainer)
+
+
+def test_shape_inference_keeps_the_exporters_types_for_what_it_cannot_derive():
+    """An op onnx has no schema for: its output's type comes from the exporter's value_info, and the
+    shapes below it follow from there."""
+    from onnx import TensorProto, helper
+
+    from onnxlrp.canonical import infer_shapes
+
+    graph = helper.make_graph(
+        [helper.make_node("Foo", ["x"], ["y"], domain="custom"), helper.make_node("Relu", ["y"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        value_info=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    dims = [d.dim_value for d in infer_shapes(model).graph.output[0].type.tensor_type.shape.dim]
+    assert dims == [1, 5]
