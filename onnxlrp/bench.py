@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import composites as composites_module
-from .runtime import default_session_options, new_session, sample_feeds
+from .runtime import default_session_options, new_session, provider_name, sample_feeds
 
 
 @dataclass
@@ -158,7 +158,7 @@ def machine(providers=None) -> str:
     except (OSError, StopIteration):
         pass
     described = f"{cpu}, {os.cpu_count()} logical CPUs, onnxruntime {ort.__version__}"
-    if providers and any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers):
+    if providers and any("CUDA" in provider_name(p) for p in providers):
         described += f", GPU {_gpu_name()}"
     return described
 

@@ -157,8 +157,10 @@ def cmd_explain(args) -> int:
                           threads=args.threads)
     compiled = explainer.compiled(args.mode)
     primary = next(iter(compiled.relevance_outputs))
-    settings = Settings(out=Path(args.out), shape=_shape(compiled, primary), primary=primary, fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
-                        top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std, pictures=not args.no_pictures)
+    settings = Settings(out=Path(args.out), shape=_shape(compiled, primary), primary=primary,
+                        fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
+                        top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std,
+                        pictures=not args.no_pictures)
     items, problems = find_inputs(args.inputs)
     for spec, reason in problems:
         print(f"error: {spec}: {reason}", file=sys.stderr)

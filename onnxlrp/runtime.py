@@ -274,7 +274,7 @@ def new_session(model_bytes, options, providers: list) -> ort.InferenceSession:
     """An onnxruntime session on `providers`. onnxruntime falls back to the CPU, with a log line only, when
     a provider it was built with cannot load (CUDA or cuDNN libraries missing): that is an error here."""
     session = ort.InferenceSession(model_bytes, options, providers=providers)
-    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    wanted = provider_name(providers[0])
     if wanted not in session.get_providers():
         hint = (" (onnxruntime-gpu needs the CUDA and cuDNN libraries of its version on the library path: "
                 "pip install onnxruntime-gpu[cuda,cudnn])" if "CUDA" in wanted else "")
@@ -283,11 +283,15 @@ def new_session(model_bytes, options, providers: list) -> ort.InferenceSession:
     return session
 
 
+def provider_name(provider) -> str:
+    """A providers-list entry's name: the entry itself, or the first of a (name, options) pair."""
+    return provider if isinstance(provider, str) else provider[0]
+
+
 def _check_providers(providers: list) -> None:
     """A provider this onnxruntime build lacks is an error here, not a silent fall back to the CPU."""
     available = ort.get_available_providers()
-    missing = [p if isinstance(p, str) else p[0] for p in providers
-               if (p if isinstance(p, str) else p[0]) not in available]
+    missing = [provider_name(p) for p in providers if provider_name(p) not in available]
     if missing:
         hint = " (install onnxruntime-gpu instead of onnxruntime)" if any("CUDA" in m for m in missing) else ""
         raise InputError(f"execution provider(s) {missing} are not available in this onnxruntime build; it has "

@@ -1,6 +1,7 @@
 """Before/after timing of one compiler pass: the explainer compiled with the pass off and on, run alternately.
 
-    python tools/bench_passes.py MODEL.onnx PASS [PASS ...] [--composite epsilon_plus_flat] [--batch 1] [--rounds 12]
+    python tools/bench_passes.py MODEL.onnx PASS [PASS ...] [--composite epsilon_plus_flat] [--batch 1]
+        [--rounds 12]
 
 PASS is one of: reuse (Epsilon reuses the forward z), flip (stride-1 transposes as flipped-kernel Conv),
 fold (stabiliser folded into the bias where z >= 0), stab (three-pass instead of four-pass stabiliser),
@@ -8,13 +9,13 @@ gamma (Gamma's negative branch left out after ReLUs), relu (relu(z) + eps as the
 of Epsilon layers and joins whose relevance is zero where z <= 0), sign (the stabiliser's sign known when
 compiling beyond z >= 0: Gamma's gated groups, AlphaBeta's inhibiting group), mask (gates as a 0/1 Mul
 instead of Where), shapes (constant reshape targets that keep the shapes known to onnxruntime), ones
-(Flat's transpose summed over channels first), zbox (W-^T s as W^T s - W+^T s), shared (Gamma's two branches from the forward z and one
-shared Conv), fanout (Sum of x * c_k over a tensor's readers as x * Sum c_k), own (identity-transformed weights are the forward
-op's own initialiser, not a copy). "Off" swaps the
-pass's decision function for one that always declines, so both graphs come from the same code. Both
-sessions stay alive and run in turn, each first in every other round (the second run of a pair is
-measurably slower on this machine), so drifts of the machine's speed hit both alike; the median of the
-rounds after the first two is reported.
+(Flat's transpose summed over channels first), zbox (W-^T s as W^T s - W+^T s), shared (Gamma's two
+branches from the forward z and one shared Conv), fanout (Sum of x * c_k over a tensor's readers as
+x * Sum c_k), own (identity-transformed weights are the forward op's own initialiser, not a copy).
+"Off" swaps the pass's decision function for one that always declines, so both graphs come from the same
+code. Both sessions stay alive and run in turn, each first in every other round (the second run of a pair
+is measurably slower on this machine), so drifts of the machine's speed hit both alike; the median of
+the rounds after the first two is reported.
 """
 from __future__ import annotations
 
@@ -57,12 +58,6 @@ def _gated_by_where(ctx, layer, s, gate):
     return ctx.b.op("Where", [mask, s, ctx.b.scalar(0.0)])
 
 
-def _copied_weight_name(self, transform):
-    if transform not in self._weights:
-        self._weights[transform] = self.ctx.b.const(transform(self.weight), hint=f"W_{transform.kind}")
-    return self._weights[transform]
-
-
 def _each_transposed(ctx, layer, s, weights):
     return {weight: layer.transpose(s, weight) for weight in weights}
 
@@ -81,7 +76,7 @@ OFF = {
     "zbox": (weighted, "_transposes", _each_transposed),
     "shared": (weighted, "_denominators_from_forward", lambda *args: None),
     "fanout": (compiler, "factor_fanout_products", lambda nodes, keep=frozenset(): nodes),
-    "own": (weighted.LinearMap, "weight_name", _copied_weight_name),
+    "own": (weighted.LinearMap, "_forward_weight", lambda self, transform: None),
 }
 
 

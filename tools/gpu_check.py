@@ -24,11 +24,16 @@ from onnxlrp import bench  # noqa: E402
 from onnxlrp.runtime import Explainer, default_session_options, new_session, sample_feeds  # noqa: E402
 
 
-def placements(model: str, composite: str, provider: str, batch: int = 2) -> collections.Counter:
-    """(provider, op type) -> number of kernel runs, from one profiled run of the explainer."""
+def require(provider: str) -> None:
+    """Exit with what to install where this onnxruntime build lacks `provider`."""
     if provider not in ort.get_available_providers():
         raise SystemExit(f"{provider} is not available in this onnxruntime build "
                          f"({', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu")
+
+
+def placements(model: str, composite: str, provider: str, batch: int = 2) -> collections.Counter:
+    """(provider, op type) -> number of kernel runs, from one profiled run of the explainer."""
+    require(provider)
     compiled = Explainer(model, composite=bench.composite_for(composite)).compiled("logit")
     options = default_session_options(os.cpu_count() or 1)
     options.enable_profiling = True

@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxlrp import bench  # noqa: E402
 from onnxlrp.runtime import CUDA_PROVIDERS, Explainer  # noqa: E402
+from gpu_check import require  # noqa: E402  (tools/ is on the path when a tool runs)
 
 SETUPS = {"cpu": ["CPUExecutionProvider"], "cuda": CUDA_PROVIDERS,
           "cuda-tf32": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -36,9 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--composites", default="epsilon_plus_flat,epsilon_gamma_box")
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
-    if "CUDAExecutionProvider" not in ort.get_available_providers() and "cuda" in SETUPS:
-        raise SystemExit("CUDAExecutionProvider is not available in this onnxruntime build "
-                         f"({', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu")
+    require("CUDAExecutionProvider")
     worst = 0.0
     for model in args.models:
         x = bench.input_batch(model, args.batch)

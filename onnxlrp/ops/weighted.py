@@ -27,11 +27,13 @@ class LinearMap:
     # transformed weights become initialisers, each at most once per layer
     def weight_name(self, transform: Transform) -> str:
         if transform not in self._weights:
-            if transform.kind == "identity":    # the forward op's own initialiser, not a copy (VGG's fc1: 400 MB)
-                self._weights[transform] = self.ctx.node.input[1]
-            else:
-                self._weights[transform] = self.ctx.b.const(transform(self.weight), hint=f"W_{transform.kind}")
+            self._weights[transform] = (self._forward_weight(transform)
+                                        or self.ctx.b.const(transform(self.weight), hint=f"W_{transform.kind}"))
         return self._weights[transform]
+
+    def _forward_weight(self, transform: Transform) -> str | None:
+        """The forward op's own initialiser where the transform leaves W as it is: no copy (VGG's fc1: 400 MB)."""
+        return self.ctx.node.input[1] if transform.kind == "identity" else None
 
     def bias_name(self, transform: Transform | None, offset: float = 0.0) -> str | None:
         """The transformed bias b' (+ offset: a stabiliser folded in), or None where there is none."""
