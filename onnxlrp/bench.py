@@ -7,7 +7,8 @@ the compiled explainer's session, fed as `Explainer.explain` feeds it (the predi
 process per case (the high-water mark of its resident set above what it held before), since in one
 process the high-water mark only ever grows: for inference and for an explanation, a session of the
 model (the original, or the compiled explainer read from a file, as a server would load it) built and
-run once; separately, the compilation.
+run three times (a first call's peak can understate what a session holds from then on); separately, the
+compilation.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Timing:
     median_ms: float
     times_ms: list = field(default_factory=list)
     compile_s: float | None = None
-    peak_mb: float | None = None          # one session built and run once, in a fresh process
+    peak_mb: float | None = None          # one session built and run STEADY_CALLS times, in a fresh process
     compile_peak_mb: float | None = None  # compiling the explainer, in a fresh process
 
 
@@ -99,6 +100,9 @@ def time_cases(cases: list[Case], batch: int, warmup: int, repeats: int, rounds:
             for case in cases]
 
 
+STEADY_CALLS = 3   # session calls per peak-memory measurement
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM; ru_maxrss would carry the parent's peak over exec)."""
     try:
@@ -113,15 +117,18 @@ def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite,
     if kind == "compile":
         from .compiler import compile_explainer
         compile_explainer(model_path, composite=composite_for(composite))
-    else:   # one session of the model at model_path (the original, or a compiled explainer) and one run
+    else:   # one session of the model at model_path (the original, or a compiled explainer), run as a
+        # server runs it: again and again (onnxruntime's arena and planners settle by the second call)
         session = ort.InferenceSession(model_path, default_session_options(threads), providers=["CPUExecutionProvider"])
-        session.run(None, sample_feeds(session, batch))
+        feeds = sample_feeds(session, batch)
+        for _ in range(STEADY_CALLS):
+            session.run(None, feeds)
     queue.put(_peak_rss_mb() - baseline)
 
 
 def peak_memory_mb(kind: str, model_path: str, batch: int = 1, threads: int = 1, composite=None) -> float:
     """Peak resident memory (MB) added, in a fresh process, by kind "session" (building a session of the
-    model at model_path and running it once) or "compile" (compiling its explainer with `composite`)."""
+    model at model_path and running it STEADY_CALLS times) or "compile" (compiling its explainer with `composite`)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_peak_child, args=(kind, model_path, batch, threads, composite, queue))

@@ -256,12 +256,17 @@ def forward_model(compiled: CompiledExplainer) -> onnx.ModelProto:
 
 def default_session_options(threads: int | None) -> ort.SessionOptions:
     """All graph optimisations (layout transforms: NCHWc convolutions on CPU), sequential execution (the
-    relevance graph is one long chain; inter-op parallelism only adds contention), the memory-pattern
-    planner and arena (same shapes call after call), and `threads` intra-op threads (default: all cores)."""
+    relevance graph is one long chain; inter-op parallelism only adds contention), the CPU arena, and
+    `threads` intra-op threads (default: all cores).
+
+    The memory-pattern planner is off: from the second call on it allocates one block for the whole
+    pattern beside the arena chunks of the first call, which the arena keeps, so a session's resident
+    memory doubles (ResNet-50's explainer at batch 8: 1631 -> 2761 MB) for no steady speed-up
+    (1289 -> 1233 ms at batch 8, 171 -> 180 ms at batch 1; docs/performance.md)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.enable_mem_pattern = True
+    options.enable_mem_pattern = False
     options.enable_cpu_mem_arena = True
     options.log_severity_level = 3
     if threads:

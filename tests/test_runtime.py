@@ -131,3 +131,11 @@ def test_the_cuda_provider_runs_full_float32():
     """TF32 (onnxruntime's CUDA default) would break the 1e-4 agreement with Zennit."""
     name, options = runtime.CUDA_PROVIDERS[0]
     assert name == "CUDAExecutionProvider" and options["use_tf32"] == "0"
+
+
+def test_sessions_keep_the_arena_but_not_the_memory_pattern(models_dir):
+    """The pattern's block comes on top of the arena's chunks from the first call: twice the memory."""
+    options = runtime.default_session_options(2)
+    assert options.enable_cpu_mem_arena and not options.enable_mem_pattern
+    explainer = Explainer(models_dir / "small_vgg.onnx", composite="epsilon_plus_flat", threads=2)
+    assert not explainer.session_options.enable_mem_pattern
