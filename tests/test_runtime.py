@@ -1,5 +1,7 @@
 """Explainer: several targets per sample in one call, whole relevance tensors per layer, the plain
 forward model."""
+import platform
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -139,3 +141,22 @@ def test_sessions_keep_the_arena_but_not_the_memory_pattern(models_dir):
     assert options.enable_cpu_mem_arena and not options.enable_mem_pattern
     explainer = Explainer(models_dir / "small_vgg.onnx", composite="epsilon_plus_flat", threads=2)
     assert not explainer.session_options.enable_mem_pattern
+
+
+def test_the_heap_is_trimmed_after_compiling_and_after_building_a_session(models_dir, monkeypatch, rng):
+    """glibc keeps the freed temporaries of both (hundreds of MB on ResNet-50) unless asked to give them back."""
+    calls = []
+    monkeypatch.setattr(runtime, "release_freed_memory", lambda: calls.append(1))
+    explainer = Explainer(models_dir / "tiny_resnet.onnx", threads=1)
+    explainer.compiled()
+    assert len(calls) == 1
+    x = rng.normal(size=(1, 3, 32, 32)).astype(np.float32)
+    explainer.explain(x)
+    explainer.explain(x)
+    assert len(calls) == 2      # once per compile and once per session, not per call
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_malloc_trim_is_found_with_glibc():
+    assert runtime._malloc_trim() is not None
+    runtime.release_freed_memory()
