@@ -90,11 +90,13 @@ def explain_case(model_path: str, composite_name: str, x: np.ndarray, threads: i
 
 def time_cases(cases: list[Case], batch: int, warmup: int, repeats: int, rounds: int) -> list[Timing]:
     """Each case `repeats` times in all, spread over `rounds` rounds that visit every case in turn (with
-    `warmup` untimed calls at each visit), so that a drift of the machine's speed hits all cases alike."""
+    `warmup` untimed calls at each visit), so that a drift of the machine's speed hits all cases alike;
+    every other round visits them in reverse, so that no case always follows the same one (a case timed
+    right after another measured slower on this machine than the same case timed first)."""
     times = {case.what: [] for case in cases}
     per_round = max(1, -(-repeats // rounds))
-    for _ in range(rounds):
-        for case in cases:
+    for round_ in range(rounds):
+        for case in (cases if round_ % 2 == 0 else cases[::-1]):
             times[case.what] += measure(case.run, warmup, per_round)
     return [Timing(case.what, batch, statistics.median(times[case.what]), times[case.what], compile_s=case.compile_s)
             for case in cases]
@@ -128,7 +130,8 @@ def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite,
 
 def peak_memory_mb(kind: str, model_path: str, batch: int = 1, threads: int = 1, composite=None) -> float:
     """Peak resident memory (MB) added, in a fresh process, by kind "session" (building a session of the
-    model at model_path and running it STEADY_CALLS times) or "compile" (compiling its explainer with `composite`)."""
+    model at model_path and running it STEADY_CALLS times) or "compile" (compiling its explainer with
+    `composite`)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_peak_child, args=(kind, model_path, batch, threads, composite, queue))

@@ -267,8 +267,8 @@ def default_session_options(threads: int | None) -> ort.SessionOptions:
 
     The memory-pattern planner is off: from the second call on it allocates one block for the whole
     pattern beside the arena chunks of the first call, which the arena keeps, so a session's resident
-    memory doubles (ResNet-50's explainer at batch 8: 1631 -> 2761 MB) for no steady speed-up
-    (1289 -> 1233 ms at batch 8, 171 -> 180 ms at batch 1; docs/performance.md)."""
+    memory doubles (ResNet-50's explainer at batch 8: 1631 -> 2761 MB) for no speed-up (0.99-1.01x,
+    `tools/bench_passes.py MODEL pattern`; docs/performance.md)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

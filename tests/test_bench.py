@@ -22,6 +22,14 @@ def test_measure_counts_warmup_and_repeats():
     assert len(calls) == 7 and len(times) == 5 and all(t >= 0 for t in times)
 
 
+def test_rounds_visit_the_cases_in_turn_and_every_other_round_in_reverse():
+    visits = []
+    cases = [bench.Case(name, lambda name=name: visits.append(name)) for name in ("a", "b", "c")]
+    rows = bench.time_cases(cases, batch=1, warmup=0, repeats=4, rounds=4)
+    assert visits == list("abc" "cba" "abc" "cba")
+    assert [(row.what, len(row.times_ms)) for row in rows] == [("a", 4), ("b", 4), ("c", 4)]
+
+
 def test_bench_command_times_inference_and_each_composite(models_dir, capsys):
     assert main(["bench", str(models_dir / "tiny_resnet.onnx"), "--batches", "1,2", "--repeats", "2", "--warmup", "1",
                  "--threads", "1", "--composites", "epsilon_plus_flat,epsilon_gamma_box", "--no-memory"]) == 0
