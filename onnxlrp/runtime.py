@@ -94,7 +94,6 @@ class Explainer:
             if mode not in self._sessions:
                 self._sessions[mode] = new_session(compiled.model.SerializeToString(), self.session_options,
                                                    self.providers)
-                release_freed_memory()
             return compiled, self._sessions[mode]
 
     def logits(self, x, batch_size: int | None = None) -> np.ndarray:
@@ -105,7 +104,6 @@ class Explainer:
             if self._forward is None:
                 self._forward = new_session(forward_model(compiled).SerializeToString(), self.session_options,
                                             self.providers)
-                release_freed_memory()
         feeds = self._feeds(compiled, session, x)
         n = next(iter(feeds.values())).shape[0]
         step = batch_size or n
@@ -282,9 +280,11 @@ def default_session_options(threads: int | None) -> ort.SessionOptions:
 
 
 def new_session(model_bytes, options, providers: list) -> ort.InferenceSession:
-    """An onnxruntime session on `providers`. onnxruntime falls back to the CPU, with a log line only, when
-    a provider it was built with cannot load (CUDA or cuDNN libraries missing): that is an error here."""
+    """An onnxruntime session on `providers`, with the heap its build freed handed back. onnxruntime falls
+    back to the CPU, with a log line only, when a provider it was built with cannot load (CUDA or cuDNN
+    libraries missing): that is an error here."""
     session = ort.InferenceSession(model_bytes, options, providers=providers)
+    release_freed_memory()
     wanted = provider_name(providers[0])
     if wanted not in session.get_providers():
         hint = (" (onnxruntime-gpu needs the CUDA and cuDNN libraries of its version on the library path: "

@@ -219,8 +219,7 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; "
-          f"median of {args.repeats} "
-          f"in {args.rounds} rounds; "
+          f"median of {args.repeats} in {args.rounds} rounds; "
           f"torch {torch.__version__}; zennit {'yes' if ZENNIT else 'not installed'}")
     for name in args.models.split(","):
         path = export(name, Path(args.cache))
