@@ -51,6 +51,8 @@ class CompiledExplainer:
     layer_sum_outputs: list[str] = field(default_factory=list)
     layer_relevance_outputs: list[str] = field(default_factory=list)  # output, layers top-down, inputs
     start_shape: tuple = ()        # the explained tensor's shape without the batch axis ((n_classes,) for logits)
+    position_input: str | None = None   # sequence outputs (transformer composites): the position explained
+    position_output: str | None = None
 
 
 def layers_on_path(fwd: ForwardGraph, path_nodes: list[onnx.NodeProto], primary: str | None = None) -> list[Layer]:
@@ -135,6 +137,10 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     layer_relevances: also output the whole relevance tensor at every weighted layer's input.
     """
     composite = composites_module.get(composite)
+    if getattr(composite, "gradient_form", False):   # AttnLRP / CP-LRP: onnxlrp.gradient
+        from .gradient import compile_gradient_explainer
+        return compile_gradient_explainer(model, composite, mode=mode, output=output, inputs=inputs,
+                                          layer_relevances=layer_relevances)
     proto = load_model(model)
     canonical: CanonicalModel = canonicalize(proto, output)
     _refuse_control_flow(canonical.model)

@@ -249,7 +249,34 @@ class LayerMap(Composite):
             self.base.prepare(layers)
 
 
+class AttnLRP(Composite):
+    """AttnLRP (Achtibat et al., ICML 2024) for transformers, in LXT's modified-gradient form (RULES.md):
+    the identity rule on element-wise non-linearities, norms with their normaliser held constant, the
+    uniform rule on products of two computed tensors (Q K^T, P V, gates), and `linear` on the linear
+    layers (default Epsilon: their plain gradient, as LXT's efficient mode), `conv` on convolutions
+    (the ViT patch embedding; default: `linear`)."""
+
+    gradient_form = True
+    variant = "attn_lrp"
+
+    def __init__(self, linear: Rule | None = None, conv: Rule | None = None):
+        self.linear = linear if linear is not None else R.Epsilon()
+        self.conv = conv
+
+    def rule_for(self, layer):
+        return (self.conv or self.linear) if layer.kind == "conv" else self.linear
+
+
+class CPLRP(AttnLRP):
+    """CP-LRP (Ali et al., ICML 2022): as AttnLRP, but the attention probabilities and the gates are
+    constants, so relevance flows through the values only (conservative)."""
+
+    variant = "cp_lrp"
+
+
 NAMED = {
+    "attn_lrp": AttnLRP,
+    "cp_lrp": CPLRP,
     "epsilon_plus": EpsilonPlus,
     "epsilon_plus_flat": EpsilonPlusFlat,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
@@ -277,4 +304,4 @@ def get(name: str | Composite | None, **params) -> Composite:
 
 __all__ = ["Layer", "Composite", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonAlpha2Beta1",
            "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "ExcitationBackprop", "Uniform", "LayerDepth",
-           "LayerMap", "op_type", "first", "last", "index_range", "name_matches", "get", "NAMED"]
+           "LayerMap", "AttnLRP", "CPLRP", "op_type", "first", "last", "index_range", "name_matches", "get", "NAMED"]

@@ -33,6 +33,7 @@ class Explanation:
     layer_sums: dict[str, np.ndarray] = field(default_factory=dict)  # per layer, when asked for
     layer_abs_sums: dict[str, np.ndarray] = field(default_factory=dict)  # sum of |R|, same keys
     layer_relevances: dict[str, np.ndarray] = field(default_factory=dict)  # whole tensors, when asked for
+    position: np.ndarray | None = None    # sequence outputs: the position explained, per sample
 
     # With several targets per sample (top_k, or a [batch, k] target) every per-sample array above has
     # a second axis of length k after the batch axis: relevance[i, j] explains target[i, j].
@@ -111,7 +112,7 @@ class Explainer:
                                for i in range(0, n, step)], axis=0)
 
     def explain(self, x, target=None, mode: str = "logit", output_relevance=None,
-                batch_size: int | None = None, top_k: int | None = None) -> Explanation:
+                batch_size: int | None = None, top_k: int | None = None, position=None) -> Explanation:
         """Explain a batch. `x`: an array (single-input models) or a dict input name -> array.
 
         target: None (the predicted class), an int for every sample, one int per sample (-1: that sample's
@@ -120,16 +121,21 @@ class Explainer:
         top_k: explain each sample's k highest-scoring classes, best first (instead of target).
         mode: "logit" (default), "one", "prob", "contrastive", or "custom" with `output_relevance`
             shaped like the logits.
+        position: for sequence outputs [batch, seq, vocab] (transformer composites): the position whose
+            token is explained, an int or one per sample (default -1, the last).
         """
         if top_k is not None:
             if target is not None:
                 raise InputError("give either target or top_k, not both")
             scores = self.logits(x, batch_size)
+            if scores.ndim == 3:   # a sequence output: the scores at the explained position
+                positions = _positions(position, scores.shape[0], scores.shape[1])
+                scores = scores[np.arange(scores.shape[0]), positions]
             if not 1 <= top_k <= scores.shape[1]:
                 raise InputError(f"top_k must be between 1 and the number of classes ({scores.shape[1]}); got {top_k}")
             target = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if target is not None and np.ndim(target) == 2:
-            return self._explain_several(x, np.asarray(target), mode, batch_size)
+            return self._explain_several(x, np.asarray(target), mode, batch_size, position)
         compiled, session = self._session(mode)
         feeds = self._feeds(compiled, session, x)
         n = next(iter(feeds.values())).shape[0]
@@ -143,6 +149,12 @@ class Explainer:
             feeds[compiled.custom_input] = start
         else:
             feeds[compiled.target_input] = _targets(target, n, n_classes)
+        if compiled.position_input:
+            length = next(v for k, v in feeds.items() if k in compiled.inputs).shape[1]
+            feeds[compiled.position_input] = _positions(position, n, length)
+        elif position is not None:
+            raise InputError("position= is for sequence outputs [batch, seq, vocab]; this model's explained output "
+                             f"has shape [batch, {', '.join(str(d) for d in compiled.start_shape)}]")
         step = batch_size or n
         chunks = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
         names = [o.name for o in session.get_outputs()]
@@ -158,11 +170,13 @@ class Explainer:
             layer_sums={name: merged[name] for name in compiled.layer_sum_outputs},
             layer_abs_sums={name: merged[abs_sum_name(name)] for name in compiled.layer_sum_outputs},
             layer_relevances={name: merged[name] for name in compiled.layer_relevance_outputs},
+            position=merged[compiled.position_output] if compiled.position_output else None,
         )
 
     __call__ = explain
 
-    def _explain_several(self, x, targets: np.ndarray, mode: str, batch_size: int | None) -> Explanation:
+    def _explain_several(self, x, targets: np.ndarray, mode: str, batch_size: int | None,
+                         position=None) -> Explanation:
         """k targets per sample: every sample repeated k times in one batch, then split back to [n, k, ...]."""
         arrays = x if isinstance(x, dict) else {None: x}
         n = len(next(iter(arrays.values())))
@@ -170,8 +184,10 @@ class Explainer:
             raise InputError(f"a 2-D target must be ints shaped [batch={n}, k]; got {targets.shape} {targets.dtype}")
         k = targets.shape[1]
         repeated = {name: np.repeat(np.asarray(value), k, axis=0) for name, value in arrays.items()}
+        if position is not None and np.ndim(position) == 1:
+            position = np.repeat(np.asarray(position), k)
         flat = self.explain(repeated if isinstance(x, dict) else repeated[None], target=targets.reshape(-1),
-                            mode=mode, batch_size=batch_size)
+                            mode=mode, batch_size=batch_size, position=position)
 
         def split(array):
             return array.reshape((n, k) + array.shape[1:])
@@ -183,6 +199,7 @@ class Explainer:
             layer_sums={name: split(v) for name, v in flat.layer_sums.items()},
             layer_abs_sums={name: split(v) for name, v in flat.layer_abs_sums.items()},
             layer_relevances={name: split(v) for name, v in flat.layer_relevances.items()},
+            position=split(flat.position) if flat.position is not None else None,
         )
 
     def _feeds(self, compiled: CompiledExplainer, session, x) -> dict[str, np.ndarray]:
@@ -203,7 +220,11 @@ class Explainer:
             array = np.asarray(value)
             if array.dtype.kind not in "fiub":
                 raise InputError(f"input '{name}' has dtype {array.dtype}; give numbers")
-            array = np.ascontiguousarray(array, dtype=np.float32) if array.dtype != np.float32 else array
+            wanted = _ORT_TYPES.get(declared[name].type, np.float32)
+            if np.dtype(wanted).kind in "iu" and array.dtype.kind == "f":
+                if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+                    raise InputError(f"input '{name}' takes integers ({declared[name].type}); got fractions")
+            array = np.ascontiguousarray(array, dtype=wanted) if array.dtype != wanted else array
             expected = declared[name].shape
             if array.ndim != len(expected) or any(isinstance(e, int) and e != a
                                                    for e, a in zip(expected[1:], array.shape[1:])):
@@ -250,7 +271,8 @@ def forward_model(compiled: CompiledExplainer) -> onnx.ModelProto:
     nodes = sorted({id(n): n for n in keep}.values(), key=lambda n: order[id(n)])
     used = {i for node in nodes for i in node.input}
     inputs = [v for v in graph.input if v.name in compiled.inputs]
-    logits = helper.make_tensor_value_info(compiled.logits, TensorProto.FLOAT, ["batch", compiled.n_classes])
+    dims = ["batch"] + [d if d is not None else f"dim{k + 1}" for k, d in enumerate(compiled.start_shape)]
+    logits = helper.make_tensor_value_info(compiled.logits, TensorProto.FLOAT, dims)
     forward = helper.make_graph(nodes, "onnxlrp_forward", inputs, [logits],
                                 initializer=[t for t in graph.initializer if t.name in used])
     model = helper.make_model(forward, opset_imports=list(compiled.model.opset_import))
@@ -325,6 +347,22 @@ def _check_providers(providers: list) -> None:
         hint = " (install onnxruntime-gpu instead of onnxruntime)" if any("CUDA" in m for m in missing) else ""
         raise InputError(f"execution provider(s) {missing} are not available in this onnxruntime build; it has "
                          f"{available}{hint}")
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
+
+
+def _positions(position, n: int, length: int) -> np.ndarray:
+    """One position per sample for sequence outputs; -1 (default) the last, negatives count from the end."""
+    array = np.full(n, -1, np.int64) if position is None else np.asarray(position)
+    if array.ndim == 0:
+        array = np.full(n, int(array), dtype=np.int64)
+    if array.shape != (n,) or array.dtype.kind not in "iu":
+        raise InputError(f"position must be None, an int, or {n} ints (one per sample); got {position!r}")
+    if np.any(array < -length) or np.any(array >= length):
+        raise InputError(f"position {array.tolist()} out of range for a sequence of {length}")
+    return array.astype(np.int64)
 
 
 def _targets(target, n: int, n_classes: int) -> np.ndarray:

@@ -29,19 +29,24 @@ class CanonicalModel:
     output_names: list[str]  # the original model's outputs, in order
 
 
-def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> CanonicalModel:
+def canonicalize(model: onnx.ModelProto, output: int | str | None = None,
+                 layer_rewrites: bool = True) -> CanonicalModel:
+    """layer_rewrites: also fold pads, affine steps and BatchNorms into the layers (the relevance-form
+    compiler); the modified-gradient compiler only needs dense layers in one form."""
     output_names = [o.name for o in model.graph.output]
     model = normalise_versions(model)
     model = make_batch_dynamic(model)
     model = fold_until_stable(model)
     graph = gs.import_onnx(model)
     remove_identities(graph)
-    explicit_pads(graph)
-    fold_pad_into_conv(graph)
+    if layer_rewrites:
+        explicit_pads(graph)
+        fold_pad_into_conv(graph)
     normalise_dense(graph)
-    fold_affine(graph)
-    if fold_batchnorm(graph):
+    if layer_rewrites:
         fold_affine(graph)
+        if fold_batchnorm(graph):
+            fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = infer_shapes(_export(graph, model.ir_version))
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names)

@@ -1,0 +1,81 @@
+"""LXT 2.1 reference relevance for a tiny HuggingFace model, in float64, in a process of its own
+(lxt.efficient.monkey_patch changes transformers' classes for the whole process).
+
+    python lxt_oracle.py CASE.npz OUT.npz
+
+CASE.npz holds: kind (bert | gpt2 | vit), variant (attn_lrp | cp_lrp), config (the model's JSON config),
+state (a torch.save'd state_dict file path), the inputs, target and position. OUT.npz gets `relevance`
+(per token, or per pixel) and `logits`.
+"""
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "zennit_stub"))
+
+import torch  # noqa: E402
+from lxt.efficient import monkey_patch  # noqa: E402
+from lxt.efficient.patches import (layer_norm_forward, non_linear_forward, patch_attention,  # noqa: E402
+                                   patch_cp_attention, patch_method)
+
+
+def patch(kind: str, variant: str):
+    if kind == "bert":
+        import transformers.models.bert.modeling_bert as module
+        from lxt.efficient.models.bert import attnLRP
+        if variant != "attn_lrp":
+            raise SystemExit("LXT has AttnLRP only for BERT")
+        monkey_patch(module, attnLRP)
+    elif kind == "gpt2":
+        import transformers.models.gpt2.modeling_gpt2 as module
+        from lxt.efficient.models.gpt2 import attnLRP, cp_LRP
+        monkey_patch(module, attnLRP if variant == "attn_lrp" else cp_LRP)
+    elif kind == "vit":
+        import transformers.models.vit.modeling_vit as module
+        from transformers.activations import GELUActivation
+        monkey_patch(module, {
+            module: patch_attention if variant == "attn_lrp" else patch_cp_attention,
+            torch.nn.LayerNorm: partial(patch_method, layer_norm_forward),
+            GELUActivation: partial(patch_method, non_linear_forward, keep_original=True),
+        })
+    return module
+
+
+def main(case_path: str, out_path: str) -> None:
+    case = np.load(case_path, allow_pickle=False)
+    kind, variant = str(case["kind"]), str(case["variant"])
+    patch(kind, variant)
+    import transformers
+    config = transformers.AutoConfig.for_model(**json.loads(str(case["config"])))
+    config._attn_implementation = "eager"
+    model_class = {"bert": transformers.BertForSequenceClassification, "gpt2": transformers.GPT2LMHeadModel,
+                   "vit": transformers.ViTForImageClassification}[kind]
+    model = model_class(config)
+    model.load_state_dict(torch.load(str(case["state"]), weights_only=True))
+    model = model.double().eval()
+    target = torch.as_tensor(case["target"])
+    if kind == "vit":
+        x = torch.as_tensor(case["pixel_values"], dtype=torch.float64).requires_grad_()
+        logits = model(pixel_values=x).logits
+        logits[torch.arange(len(target)), target].sum().backward()
+        relevance = (x * x.grad).detach().numpy()
+    else:
+        ids = torch.as_tensor(case["input_ids"])
+        embeddings = model.get_input_embeddings()(ids).detach().requires_grad_()
+        kwargs = {"attention_mask": torch.as_tensor(case["attention_mask"])} if "attention_mask" in case else {}
+        logits = model(inputs_embeds=embeddings, **kwargs).logits
+        if kind == "gpt2":
+            position = torch.as_tensor(case["position"])
+            picked = logits[torch.arange(len(target)), position, target]
+        else:
+            picked = logits[torch.arange(len(target)), target]
+        picked.sum().backward()
+        relevance = (embeddings * embeddings.grad).sum(-1).detach().numpy()
+    np.savez(out_path, relevance=relevance, logits=logits.detach().numpy())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
