@@ -283,16 +283,22 @@ def _refuse(node, what: str):
                                  "optimizer")
 
 
+def _fused(node: onnx.NodeProto) -> bool:
+    """A com.microsoft op, or SimplifiedLayerNormalization, which onnxruntime defines in the onnx domain."""
+    return node.domain == CONTRIB or (node.op_type == "SimplifiedLayerNormalization"
+                                      and node.domain in ("", "ai.onnx"))
+
+
 def defuse_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
-    if not any(n.domain == CONTRIB for n in graph.node):
+    if not any(_fused(n) for n in graph.node):
         return model
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     ranks = _ranks(model)
     nodes, initializers = [], []
     for node in graph.node:
-        if node.domain != CONTRIB:
+        if not _fused(node):
             nodes.append(node)
             continue
         e = _Emitter(node, opset, initializers)
