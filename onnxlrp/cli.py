@@ -152,6 +152,10 @@ def cmd_explain(args) -> int:
 
     if args.top_k is not None and args.target is not None:
         raise OnnxLrpError("give either --target or --top-k, not both")
+    if args.text is not None or args.texts is not None:
+        return _explain_texts(args)
+    if not args.inputs:
+        raise OnnxLrpError("give INPUT files (images, .npy, folders, globs), or --text/--texts with --tokenizer")
     composite = _composite_from(args)
     explainer = Explainer(args.model, composite=composite, output=_model_output(args), inputs=_model_inputs(args),
                           threads=args.threads)
@@ -189,6 +193,25 @@ def cmd_explain(args) -> int:
         print("interrupted: run the same command again to go on where it stopped", file=sys.stderr)
         return 130
     return 1 if summary.failed or problems else 0
+
+
+def _explain_texts(args) -> int:
+    from .runtime import Explainer
+    from .text import explain_texts, load_tokenizer, read_texts
+
+    if args.inputs or (args.text is not None and args.texts is not None):
+        raise OnnxLrpError("give one of INPUT files, --text or --texts")
+    if not args.tokenizer:
+        raise OnnxLrpError("--text/--texts need --tokenizer tokenizer.json")
+    tokenizer = load_tokenizer(args.tokenizer)
+    texts = read_texts(args.text, args.texts)
+    explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
+                          inputs=_model_inputs(args), threads=args.threads)
+    out = Path(args.out)
+    done, skipped = explain_texts(explainer, texts, tokenizer, out, target=args.target, overwrite=args.overwrite,
+                                  show=not args.quiet)
+    print(f"{done} explained, {skipped} already done; results in {out}/")
+    return 0
 
 
 def _stop(signum, frame):
@@ -343,8 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "skipped, so an interrupted job goes on where it stopped when started again. Inputs that "
                        "fail are reported, listed in OUT/failed.txt and skipped; the exit code is then 1.")
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, .npy arrays, folders or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, .npy arrays, folders or glob patterns")
     _add_input_options(p)
+    group = p.add_argument_group("text models (needs pip install 'onnxlrp[text]'; e.g. --composite attn_lrp)")
+    group.add_argument("--text", default=None, help="a sentence to explain, instead of INPUTs: writes "
+                       "OUT/text.tokens.html, OUT/text.tokens.json and OUT/text.relevance.npy")
+    group.add_argument("--texts", default=None, metavar="FILE.txt", help="a file of texts, one a line "
+                       "(OUT/<file>-<line>.*; resumable like INPUTs)")
+    group.add_argument("--tokenizer", default=None, metavar="tokenizer.json",
+                       help="the HuggingFace tokenizer.json that feeds input_ids, attention_mask and token_type_ids")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="explain each input's K highest-scoring classes in one run: one heatmap per class "
                    "(<name>.class<c>.*), a side-by-side grid <name>.targets.png and <name>.targets.json")

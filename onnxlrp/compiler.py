@@ -149,7 +149,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
 
     explained = explained_inputs(fwd, inputs)
     if not explained:
-        raise UnsupportedModelError("the model has no float32 input to explain")
+        raise UnsupportedModelError("the model has no float32 input to explain (for token ids, a transformer: "
+                                    "composite attn_lrp or cp_lrp)")
     for name in explained:
         if name not in fwd.input_names:
             raise UnsupportedModelError(f"the model has no input '{name}'; its inputs are {fwd.input_names}")
