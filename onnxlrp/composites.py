@@ -248,30 +248,48 @@ class LayerMap(Composite):
         if self.base is not None and hasattr(self.base, "prepare"):
             self.base.prepare(layers)
 
+    @property
+    def gradient_form(self) -> bool:
+        """A LayerMap over AttnLRP / CP-LRP compiles in their modified-gradient form."""
+        return bool(getattr(self.base, "gradient_form", False))
+
 
 class AttnLRP(Composite):
-    """AttnLRP (Achtibat et al., ICML 2024) for transformers, in LXT's modified-gradient form (RULES.md):
-    the identity rule on element-wise non-linearities, norms with their normaliser held constant, the
-    uniform rule on products of two computed tensors (Q K^T, P V, gates), and `linear` on the linear
-    layers (default Epsilon: their plain gradient, as LXT's efficient mode), `conv` on convolutions
-    (the ViT patch embedding; default: `linear`)."""
+    """AttnLRP (Achtibat et al., ICML 2024) for transformers, in LXT's modified-gradient form (RULES.md).
+
+    Besides the weighted kinds "dense" and "conv", a transformer's layers come in these kinds, each with
+    its rule here (a LayerMap can change them by kind or node name):
+      "softmax"    Norm: the Softmax's own Jacobian (its unchanged gradient), or Constant (CP-LRP)
+      "bilinear"   UniformShare: each operand of Q K^T, P V gets half
+      "gate"       a bilinear Mul whose one operand went through a non-linearity (gate * up): UniformShare,
+                   or Constant (CP-LRP: the gate is a constant)
+      "nonlinear"  Pass: the identity rule on GELU, SiLU, Tanh, ... (R_x = R_y)
+      "norm"       Norm: LayerNorm / RMSNorm with the normaliser held constant, a linear map
+    `linear` is the rule of the dense layers (default Epsilon: their plain gradient, as in LXT's
+    efficient mode), `conv` that of convolutions (the ViT patch embedding; default: `linear`);
+    Gamma(gamma) on both gives LXT's ViT recipe."""
 
     gradient_form = True
-    variant = "attn_lrp"
+    BLOCK_RULES = {"softmax": R.Norm(), "bilinear": R.UniformShare(), "gate": R.UniformShare(),
+                   "nonlinear": R.Pass(), "norm": R.Norm()}
 
     def __init__(self, linear: Rule | None = None, conv: Rule | None = None):
         self.linear = linear if linear is not None else R.Epsilon()
         self.conv = conv
 
     def rule_for(self, layer):
-        return (self.conv or self.linear) if layer.kind == "conv" else self.linear
+        if layer.kind == "conv":
+            return self.conv or self.linear
+        if layer.kind == "dense":
+            return self.linear
+        return self.BLOCK_RULES[layer.kind]
 
 
 class CPLRP(AttnLRP):
     """CP-LRP (Ali et al., ICML 2022): as AttnLRP, but the attention probabilities and the gates are
     constants, so relevance flows through the values only (conservative)."""
 
-    variant = "cp_lrp"
+    BLOCK_RULES = {**AttnLRP.BLOCK_RULES, "softmax": R.Constant(), "gate": R.Constant()}
 
 
 NAMED = {

@@ -21,6 +21,7 @@ class ForwardGraph:
         graph = model.graph
         self.nodes = list(graph.node)
         self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.node_named: dict[str, onnx.NodeProto] = {node.name: node for node in self.nodes}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in self.nodes:

@@ -233,9 +233,23 @@ class Norm(Rule):
     stabilizer: float = DEFAULT_STABILIZER
 
 
+@dataclass(frozen=True)
+class UniformShare(Rule):
+    """AttnLRP's uniform rule for a product of two computed tensors (Q K^T, P V, gate * up): each operand
+    receives `share` of the relevance (1/2: R_A = A * ((R / stab(O)) B^T) / 2, R_B likewise)."""
+
+    share: float = 0.5
+
+
+@dataclass(frozen=True)
+class Constant(Rule):
+    """The tensor is held constant (CP-LRP's attention probabilities and gates): no relevance flows back
+    through it, so the other operand of its product receives all of it."""
+
+
 def LRP0() -> Epsilon:  # noqa: N802 - reads as a rule name
     return Epsilon(epsilon=0.0)
 
 
 __all__ = ["Rule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Pass", "Norm",
-           "LRP0", "Term", "Group", "Transform"]
+           "UniformShare", "Constant", "LRP0", "Term", "Group", "Transform"]

@@ -85,7 +85,7 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
 
     sources = explained_sources(fwd, inputs)
     all_sources = [t for ts in sources.values() for t in ts]
-    analysis = analyse(fwd, all_sources, composite.variant)
+    analysis = analyse(fwd, all_sources, composite.rule_for)
     logits = canonical.logits
     shape = fwd.shape(logits)
     if shape is None or fwd.elem_type(logits) != TensorProto.FLOAT:
@@ -99,7 +99,6 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
 
     forward_nodes = [_copy(n) for n in fwd.nodes]
     by_name = {n.name: n for n in forward_nodes}
-    rules = {}
     received: dict[str, list[str]] = {logits: [seed]}
     for node in reversed(fwd.nodes):
         g_out = [_gather(b, received.get(o) if o in all_sources else received.pop(o, None), node.name)
@@ -115,14 +114,12 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
         root = analysis.blocks.get(node.output[0])
         if root is not None:
             received.setdefault(root, []).append(identity_rule(ctx, root, node.output[0], g_out[0]))
-            rules[node.name] = "identity (block)"
             continue
         handler = vjp_for(node.op_type)
         if handler is None or node.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(node.op_type, node.name, "no AttnLRP/CP-LRP gradient handler"
                                      + (f" for domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""))
         sent = handler(ctx)
-        rules[node.name] = _rule_name(node, analysis, composite)
         for name, gradient, flows in zip(node.input, sent, carries):
             if gradient is not None and flows:
                 received.setdefault(name, []).append(gradient)
@@ -163,23 +160,11 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
         output_names=canonical.output_names, relevance_outputs=relevance_outputs,
         target_output=extra_outputs[0].name if extra_outputs else None, logits=logits,
         n_classes=int(n_classes or 0), start_shape=tuple(shape[1:]),
-        layer_rules=[(name, by_name[name].op_type, rule) for name, rule in rules.items()],
+        layer_rules=[(layer.name, layer.op_type, f"{layer.kind}: {rule!r}") for layer, rule in analysis.layers],
         layer_relevance_outputs=layer_relevance_outputs,
         position_input=position, position_output=extra_outputs[1].name if position else None)
     _write_metadata(compiled, composite, mode)
     return compiled
-
-
-def _rule_name(node, analysis, composite) -> str:
-    if node.name in analysis.bilinear:
-        return "uniform (bilinear)"
-    if node.op_type == "Softmax":
-        return "softmax (gradient)"
-    if node.op_type == "LayerNormalization":
-        return "norm (sigma constant)"
-    if node.op_type in ("Gemm", "MatMul", "Conv"):
-        return repr(composite.linear)
-    return "gradient"
 
 
 def _refuse_other_domains(model: onnx.ModelProto) -> None:

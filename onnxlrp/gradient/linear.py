@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import rules as R
 from ..errors import UnsupportedOpError
 from .context import GradContext
 from .registry import register_vjp
@@ -16,9 +17,31 @@ from .registry import register_vjp
 
 def share(ctx: GradContext, gradients: list[str | None]) -> list[str | None]:
     """The uniform rule of AttnLRP on a product of two computed tensors: each operand gets half."""
-    if ctx.name not in ctx.analysis.bilinear:
+    share = ctx.analysis.bilinear.get(ctx.name)
+    if share is None:
         return gradients
-    return [ctx.b.op("Mul", [g, ctx.b.scalar(0.5)], hint="uniform") if g else None for g in gradients]
+    return [ctx.b.op("Mul", [g, ctx.b.scalar(share)], hint="uniform") if g else None for g in gradients]
+
+
+def _is_plain_gradient(rule) -> bool:
+    """Epsilon at its default (or LRP-0) is the layer's plain gradient, as LXT's efficient mode has it
+    (they differ by O(eps / z))."""
+    return rule is None or (isinstance(rule, R.Epsilon) and rule.epsilon <= R.DEFAULT_STABILIZER
+                            and not rule.zero_bias)
+
+
+def by_rule(ctx: GradContext, rule) -> list[str | None]:
+    """Another rule on a linear layer, as LXT applies Zennit's rules in gradient form: R = y * g into the
+    rule's relevance form (onnxlrp.ops), then g_x = R_x / stab(x) with a 1e-10 stabiliser."""
+    from ..ops import handler_for
+    from ..ops.context import NodeContext
+    b = ctx.b
+    relevance = b.op("Mul", [ctx.y(), ctx.g()], hint="relevance")
+    node_ctx = NodeContext(node=ctx.node, graph=ctx.graph, b=b, rule=rule, relevance_out=[relevance],
+                           live=list(ctx.carries))
+    sent = handler_for(ctx.op)(node_ctx)
+    return [b.op("Div", [r, b.stabilize(x, 1e-10)], hint="gradient") if r is not None and flows else None
+            for r, x, flows in zip(sent, ctx.node.input, ctx.carries)]
 
 
 def _swap_last(ctx: GradContext, tensor: str, rank: int) -> str:
@@ -31,6 +54,9 @@ def matmul(ctx: GradContext):
     """Y = A B: g_A = g B^T, g_B = A^T g (summed over broadcast batch axes)."""
     a, bm = ctx.x(0), ctx.x(1)
     ra, rb = ctx.rank(a), ctx.rank(bm)
+    rule = ctx.analysis.rules.get(ctx.name)
+    if not isinstance(rule, R.UniformShare) and not _is_plain_gradient(rule):   # a dense layer's rule
+        raise UnsupportedOpError("MatMul", ctx.name, f"{rule!r} needs the layer as a Gemm with a 2-D constant weight")
     if ra is None or rb is None or ra < 2 or rb < 2:
         raise UnsupportedOpError("MatMul", ctx.name, "only products of matrices (rank >= 2) are supported")
     b, g = ctx.b, ctx.g()
@@ -49,6 +75,9 @@ def matmul(ctx: GradContext):
 @register_vjp("Gemm")
 def gemm(ctx: GradContext):
     """Y = alpha A' B' + beta C (A' = A or A^T, B' likewise)."""
+    rule = ctx.analysis.rules.get(ctx.name)
+    if not _is_plain_gradient(rule):
+        return by_rule(ctx, rule)
     alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
     trans_a, trans_b = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
     b, g = ctx.b, ctx.g()
@@ -75,6 +104,9 @@ def conv(ctx: GradContext):
     weight = ctx.const(1)
     if weight is None or ctx.carries_gradient(1):
         raise UnsupportedOpError("Conv", ctx.name, "its kernel is computed; only constant kernels are supported")
+    rule = ctx.analysis.rules.get(ctx.name)
+    if not _is_plain_gradient(rule):
+        return by_rule(ctx, rule)
     if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise UnsupportedOpError("Conv", ctx.name, "auto_pad SAME_* is not supported; export with explicit pads")
     x_shape, y_shape = ctx.shape(ctx.x()), ctx.shape(ctx.y())

@@ -6,7 +6,7 @@ The divisor is x + 1e-10, as LXT's identity_rule_implicit has it."""
 from __future__ import annotations
 
 from .context import GradContext
-from .patterns import UNARY_NONLINEAR
+from .patterns import NONLINEAR_OPS
 from .registry import register_vjp
 
 IDENTITY_EPSILON = 1e-10
@@ -18,7 +18,6 @@ def identity_rule(ctx: GradContext, x: str, y: str, g: str) -> str:
     return b.op("Mul", [g, ratio])
 
 
-@register_vjp(*(op for op in UNARY_NONLINEAR if op not in ("Sqrt", "Reciprocal", "Log", "Exp", "Pow")),
-              "Silu", "Swish", "QuickGelu")
+@register_vjp(*NONLINEAR_OPS)
 def elementwise(ctx: GradContext):
     return ctx.only(0, identity_rule(ctx, ctx.x(), ctx.y(), ctx.g()))

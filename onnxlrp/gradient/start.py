@@ -3,7 +3,8 @@
 Classifier logits [batch, classes] (or [batch, classes, 1, ...]): one target class per sample. Sequence
 outputs [batch, seq, vocab or labels]: one target at one position per sample (`position` input, -1 the
 last; `target` -1 the arg-max at that position). Modes: logit (R = z_c, so g = 1 at c), one (R = 1),
-prob (R = softmax(z)_c), custom (R given, shaped like the output)."""
+prob (R = softmax(z)_c), contrastive (LXT's seed: g = +1 at c and -1/N at each of the N other classes or
+tokens, explaining z_c - mean of the others), custom (R given, shaped like the output)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ from ..output_relevance import CUSTOM_INPUT, TARGET_INPUT, TARGET_OUTPUT, _free
 
 POSITION_INPUT = "position"
 POSITION_OUTPUT = "position_explained"
-GRADIENT_MODES = ("logit", "one", "prob", "custom")
+GRADIENT_MODES = ("logit", "one", "prob", "contrastive", "custom")
 
 
 def _int_scalar(b: Builder, value: int) -> str:
@@ -75,6 +76,9 @@ def build_seed(b: Builder, logits: str, shape: tuple, mode: str, taken: set[str]
                    axis=-1, hint="one_hot")
     if mode == "one":
         one_hot = _over_output(b, one_hot, scores)
+    elif mode == "contrastive":
+        others = b.op("Sub", [b.scalar(1.0), one_hot])
+        one_hot = b.op("Sub", [one_hot, b.op("Mul", [others, b.scalar(1.0 / max(n - 1, 1))])], hint="contrastive")
     elif mode == "prob":
         one_hot = _over_output(b, b.op("Mul", [one_hot, b.op("Softmax", [scores], axis=1)]), scores)
     if kind == "classes":

@@ -4,7 +4,8 @@
     python lxt_oracle.py CASE.npz OUT.npz
 
 CASE.npz holds: kind (bert | gpt2 | vit), variant (attn_lrp | cp_lrp), config (the model's JSON config),
-state (a torch.save'd state_dict file path), the inputs, target and position. OUT.npz gets `relevance`
+state (a torch.save'd state_dict file path), the inputs, target and position; with linear_gamma and
+conv_gamma, Zennit's Gamma rules on the Linear and Conv2d layers (LXT's ViT recipe). OUT.npz gets `relevance`
 (per token, or per pixel) and `logits`.
 """
 import json
@@ -56,6 +57,13 @@ def main(case_path: str, out_path: str) -> None:
     model = model_class(config)
     model.load_state_dict(torch.load(str(case["state"]), weights_only=True))
     model = model.double().eval()
+    if "linear_gamma" in case:   # LXT's ViT recipe: Zennit's Gamma on Conv2d and Linear, in gradient form
+        from lxt.efficient import monkey_patch_zennit
+        from zennit.composites import LayerMapComposite
+        from zennit.rules import Gamma
+        monkey_patch_zennit()
+        LayerMapComposite([(torch.nn.Conv2d, Gamma(float(case["conv_gamma"]))),
+                           (torch.nn.Linear, Gamma(float(case["linear_gamma"])))]).register(model)
     target = torch.as_tensor(case["target"])
     if kind == "vit":
         x = torch.as_tensor(case["pixel_values"], dtype=torch.float64).requires_grad_()

@@ -109,3 +109,19 @@ def test_cp_lrp_conserves_on_a_bias_free_model(workdir):
     res = Explainer(str(path), composite="cp_lrp").explain(T.sample_inputs("gpt2"), position=-1)
     logits = res.outputs[0][np.arange(2), res.position, res.target]
     np.testing.assert_allclose(res.relevance.sum(axis=1), logits, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["attn_lrp", "cp_lrp"])
+def test_vit_gamma_recipe_equals_lxt_with_zennit(variant, models, exported, workdir):
+    """LXT's ViT recipe: Zennit's Gamma on the patch embedding and on every linear layer, in gradient form."""
+    pytest.importorskip("zennit")
+    from onnxlrp import composites, rules
+    composite = {"attn_lrp": composites.AttnLRP, "cp_lrp": composites.CPLRP}[variant](
+        linear=rules.Gamma(gamma=0.05), conv=rules.Gamma(gamma=0.5))
+    inputs = _inputs("vit")
+    res = Explainer(str(exported("vit", "torchscript17")), composite=composite).explain(inputs["pixel_values"])
+    case = T.lxt_case(models["vit"], "vit", variant, inputs, res.target, None, workdir, linear_gamma=0.05,
+                      conv_gamma=0.5)
+    out = workdir / f"vit_{variant}_gamma_lxt.npz"
+    subprocess.run([sys.executable, str(ORACLE), str(case), str(out)], check=True, timeout=300, capture_output=True)
+    assert _relative_l2(res.relevance, np.load(out)["relevance"]) <= 1e-4

@@ -94,14 +94,15 @@ def export(model, kind: str, way: str, path: Path) -> Path:
     return path
 
 
-def lxt_case(model, kind: str, variant: str, inputs: dict, target, position, folder: Path) -> Path:
-    """The files lxt_oracle.py reads for this model and input."""
+def lxt_case(model, kind: str, variant: str, inputs: dict, target, position, folder: Path, **extra) -> Path:
+    """The files lxt_oracle.py reads for this model and input (extra: linear_gamma, conv_gamma)."""
     import torch
     state = folder / f"{kind}.state.pt"
     if not state.exists():
         torch.save(model.state_dict(), state)
     case = folder / f"{kind}_{variant}_case.npz"
-    extra = {"position": np.asarray(position)} if position is not None else {}
+    if position is not None:
+        extra["position"] = np.asarray(position)
     np.savez(case, kind=kind, variant=variant, config=json.dumps(config_of(kind)), state=str(state),
              target=np.asarray(target), **extra, **inputs)
     return case
