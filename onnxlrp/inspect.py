@@ -32,6 +32,8 @@ class Report:
 def inspect_model(model, composite=None, output=None, inputs=None) -> Report:
     composite = composites_module.get(composite)
     proto = load_model(model)
+    if getattr(composite, "gradient_form", False):
+        return _inspect_gradient_form(proto, composite, output, inputs)
     canonical = canonicalize(proto, output)
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)
@@ -60,6 +62,17 @@ def inspect_model(model, composite=None, output=None, inputs=None) -> Report:
         except OnnxLrpError as exc:
             problems.append(str(exc))
     return Report(rows=rows, logits=canonical.logits, problems=problems)
+
+
+def _inspect_gradient_form(proto, composite, output, inputs) -> Report:
+    """AttnLRP / CP-LRP: every node of a kind with a rule (dense, conv, softmax, bilinear, gate, nonlinear,
+    norm); the other nodes on the way pass their plain gradient."""
+    try:
+        compiled = compile_explainer(proto, composite=composite, output=output, inputs=inputs)
+    except OnnxLrpError as exc:
+        return Report(rows=[], logits="?", problems=[str(exc)])
+    rows = [Row(name, op_type, rule, True) for name, op_type, rule in compiled.layer_rules]
+    return Report(rows=rows, logits=compiled.logits, problems=[])
 
 
 def format_report(report: Report) -> str:

@@ -150,7 +150,7 @@ class Explainer:
         else:
             feeds[compiled.target_input] = _targets(target, n, n_classes)
         if compiled.position_input:
-            length = next(v for k, v in feeds.items() if k in compiled.inputs).shape[1]
+            length = feeds[next(iter(compiled.relevance_outputs))].shape[1]   # the token ids' sequence
             feeds[compiled.position_input] = _positions(position, n, length)
         elif position is not None:
             raise InputError("position= is for sequence outputs [batch, seq, vocab]; this model's explained output "

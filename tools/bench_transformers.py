@@ -8,7 +8,8 @@ Needs torch and transformers (the models are built and exported here, cached in 
 (pip install --no-deps lxt==2.1) for its column. Every timing: the same thread count (onnxruntime
 intra-op threads = torch threads), warm-up, the median of the repeats, each case visited in turn over
 rounds. LXT runs in float32 with its efficient (gradient x input) patches, after the ONNX files are
-exported (its patches change transformers' classes for the whole process). Peak memory: a fresh process
+exported (its patches change transformers' classes for the whole process), with the weights frozen so
+that torch computes the input's gradient alone (--lxt-weight-grads: the weights' gradients too). Peak memory: a fresh process
 builds the session and runs it three times (VmHWM added).
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ def export(kind: str, cache: Path) -> Path:
     return path
 
 
-def lxt_case(kind: str, cache: Path, variant: str, batch: int, threads: int):
+def lxt_case(kind: str, cache: Path, variant: str, batch: int, threads: int, weight_grads: bool = False):
     """One LXT explanation per call (forward and backward), or None if lxt does not import."""
     try:
         import torch
@@ -97,6 +98,8 @@ def lxt_case(kind: str, cache: Path, variant: str, batch: int, threads: int):
                               GELUActivation: partial(patch_method, non_linear_forward, keep_original=True)})
     model, _ = build(kind)
     model.load_state_dict(torch.load(cache / f"{kind}_base.state.pt", weights_only=True))
+    if not weight_grads:   # LXT at its fastest: only the input's gradient is computed
+        model.requires_grad_(False)
     feeds = {k: torch.as_tensor(v) for k, v in feeds_for(kind, batch).items()}
 
     def run():
@@ -143,6 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=["attn_lrp", "cp_lrp"])
     parser.add_argument("--cache", default=str(ROOT / ".bench_cache"))
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--lxt-weight-grads", action="store_true",
+                        help="let torch compute the weights' gradients too, as a model left trainable does (by "
+                        "default they are frozen: LXT at its fastest)")
     args = parser.parse_args(argv)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -167,7 +173,8 @@ def main(argv=None) -> int:
                 cases.append(bench.Case(f"onnxlrp {variant}", partial(session.run, None, explain_feeds),
                                         compile_s=compile_s))
                 # LXT's patches are global and cannot be swapped for CP-LRP's in one process: AttnLRP only
-                lxt = lxt_case(kind, cache, variant, batch, args.threads) if variant == "attn_lrp" else None
+                lxt = lxt_case(kind, cache, variant, batch, args.threads, args.lxt_weight_grads) \
+                    if variant == "attn_lrp" else None
                 if lxt is not None:
                     cases.append(lxt)
             timings = bench.time_cases(cases, batch, args.warmup, args.repeats, args.rounds)

@@ -86,8 +86,11 @@ def gemm(ctx: GradContext):
         weight = ctx.const(1)
         if weight is None:
             raise UnsupportedOpError("Gemm", ctx.name, "both operands are computed; export the product as MatMul")
-        bt = (weight if trans_b else weight.T) * alpha          # g_A' = alpha g B'^T
-        ga = b.op("MatMul", [g, b.const(np.ascontiguousarray(bt), hint="weight_t")])
+        if trans_b and alpha == 1.0:   # g_A' = g B: the forward weight itself, not a copy
+            ga = b.op("MatMul", [g, ctx.x(1)])
+        else:                          # g_A' = alpha g B'^T
+            bt = (weight if trans_b else weight.T) * alpha
+            ga = b.op("MatMul", [g, b.const(np.ascontiguousarray(bt), hint="weight_t")])
         result[0] = b.op("Transpose", [ga]) if trans_a else ga
     if ctx.carries_gradient(1):
         raise UnsupportedOpError("Gemm", ctx.name, "its weight operand is computed; only x @ W with a constant W "

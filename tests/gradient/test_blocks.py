@@ -24,9 +24,10 @@ def _explain(model, x, target, composite="attn_lrp"):
     return Explainer(model, composite=composite).explain(x, target=target)
 
 
-def test_softmax_with_masked_entries_is_its_gradient_and_never_nan(rng):
+@pytest.mark.parametrize("masked", [np.finfo(np.float32).min, -np.inf], ids=["finfo_min", "minus_inf"])
+def test_softmax_with_masked_entries_is_its_gradient_and_never_nan(masked, rng):
     mask = np.zeros((1, 6), np.float32)
-    mask[0, [1, 4]] = np.finfo(np.float32).min
+    mask[0, [1, 4]] = masked
     model = _model("""g (float[N, 6] x) => (float[N, 6] y) {
         m = Add(x, mask)
         p = Softmax<axis = -1>(m)
@@ -75,6 +76,30 @@ def test_layer_norm_holds_sigma_constant(text, opset, rng):
         sigma = np.sqrt(x[i].var() + 1e-3)
         jacobian = np.diag(w / sigma) @ (np.eye(5) - 1 / 5)   # d y / d x with sigma constant
         np.testing.assert_allclose(res.relevance[i], x[i] * jacobian[3], rtol=1e-4, atol=1e-6)
+
+
+# LLaMA-style RMSNorm: x * Reciprocal(Sqrt(mean(x^2) + eps)) * w
+RMS_NORM = """g (float[N, 5] x) => (float[N, 5] y) {
+    sq = Pow(x, two)
+    ms = ReduceMean<axes = [-1]>(sq)
+    me = Add(ms, eps)
+    rms = Sqrt(me)
+    inv = Reciprocal(rms)
+    n = Mul(x, inv)
+    y = Mul(n, w)
+}"""
+
+
+def test_rms_norm_holds_the_rms_constant(rng):
+    w = rng.normal(size=5).astype(np.float32)
+    model = _model(RMS_NORM, w=w, two=2.0, eps=1e-3)
+    x = rng.normal(size=(2, 5)).astype(np.float32)
+    res = _explain(model, x, target=1)
+    for i in range(2):
+        rms = np.sqrt((x[i] ** 2).mean() + 1e-3)
+        expected = np.zeros(5)
+        expected[1] = x[i, 1] * w[1] / rms        # y = w x / rms, linear and diagonal with rms constant
+        np.testing.assert_allclose(res.relevance[i], expected, rtol=1e-5, atol=1e-7)
 
 
 ERF_GELU = """g (float[N, 4] x) => (float[N, 4] y) {

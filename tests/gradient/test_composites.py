@@ -65,3 +65,13 @@ def test_top_k_and_several_targets_per_sample(rng):
     for k in range(2):
         single = ex.explain({"ids": ids}, target=top.target[:, k]).relevance
         np.testing.assert_allclose(top.relevance[:, k], single, rtol=1e-6)
+
+
+def test_inspect_on_the_command_line(rng, tmp_path, capsys):
+    import onnx
+    from onnxlrp.cli import main
+    path = tmp_path / "attention.onnx"
+    onnx.save(_model(ATTENTION, **_attention_weights(rng)), path)
+    assert main(["inspect", str(path), "--composite", "attn_lrp"]) == 0
+    out = capsys.readouterr().out
+    assert "softmax: Norm(" in out and "bilinear: UniformShare(share=0.5)" in out and "supported" in out
