@@ -5,7 +5,8 @@
 
 CASE.npz holds: kind (bert | gpt2 | vit), variant (attn_lrp | cp_lrp), config (the model's JSON config),
 state (a torch.save'd state_dict file path), the inputs, target and position; with linear_gamma and
-conv_gamma, Zennit's Gamma rules on the Linear and Conv2d layers (LXT's ViT recipe). OUT.npz gets `relevance`
+conv_gamma, Zennit's Gamma rules on the Linear and Conv2d layers (LXT's ViT recipe); with model_dir, a
+trained BERT (from_pretrained) mean-pooled and explained along `direction` (R_out = z * direction). OUT.npz gets `relevance`
 (per token, or per pixel) and `logits`.
 """
 import json
@@ -50,6 +51,9 @@ def main(case_path: str, out_path: str) -> None:
     kind, variant = str(case["kind"]), str(case["variant"])
     patch(kind, variant)
     import transformers
+    if "model_dir" in case:   # a trained sentence encoder: mean-pooled BERT, explained along a direction
+        np.savez(out_path, relevance=_pooled_encoder(case, transformers))
+        return
     config = transformers.AutoConfig.for_model(**json.loads(str(case["config"])))
     config._attn_implementation = "eager"
     model_class = {"bert": transformers.BertForSequenceClassification, "gpt2": transformers.GPT2LMHeadModel,
@@ -83,6 +87,18 @@ def main(case_path: str, out_path: str) -> None:
         picked.sum().backward()
         relevance = (embeddings * embeddings.grad).sum(-1).detach().numpy()
     np.savez(out_path, relevance=relevance, logits=logits.detach().numpy())
+
+
+def _pooled_encoder(case, transformers) -> np.ndarray:
+    bert = transformers.BertModel.from_pretrained(str(case["model_dir"]), attn_implementation="eager")
+    bert = bert.double().eval()
+    ids, mask = torch.as_tensor(case["input_ids"]), torch.as_tensor(case["attention_mask"])
+    x = bert.get_input_embeddings()(ids).detach().requires_grad_()
+    hidden = bert(inputs_embeds=x, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).double()
+    embedding = (hidden * weights).sum(1) / weights.sum(1)
+    (embedding * torch.as_tensor(case["direction"]).double()).sum().backward()   # R_out = z * r
+    return (x * x.grad).sum(-1).detach().numpy()
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ def exported(tmp_path_factory):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR))
     batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
     feeds = {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+    with torch.no_grad():   # before the export, which leaves the module in training mode (dropout on)
+        expected = MeanPooled(bert)(*(torch.as_tensor(v) for v in feeds.values())).numpy()
     path = folder / "minilm.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -52,9 +54,6 @@ def exported(tmp_path_factory):
                           input_names=list(feeds), output_names=["embedding"], opset_version=17, dynamo=False,
                           dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                                         "embedding": {0: "batch"}})
-    with torch.no_grad():
-        expected = MeanPooled(bert)(*(torch.as_tensor(v) for v in feeds.values())).numpy()
-    torch.save(bert.state_dict(), folder / "minilm.state.pt")
     return path, feeds, expected, folder
 
 
@@ -77,3 +76,21 @@ def test_trained_sentence_encoder_on_the_command_line(exported, tmp_path):
     code = main(["explain", str(path), "--text", SENTENCES[0], "--tokenizer", str(MODEL_DIR / "tokenizer.json"),
                  "--composite", "attn_lrp", "--out", str(tmp_path)])
     assert code == 0 and (tmp_path / "text.tokens.html").exists()
+
+
+def test_trained_sentence_encoder_equals_lxt(exported, tmp_path):
+    """Each sentence explained toward the other's embedding ("why are these two close"), against LXT."""
+    pytest.importorskip("lxt")
+    path, feeds, expected, _ = exported
+    direction = expected[::-1] / np.linalg.norm(expected[::-1], axis=1, keepdims=True)
+    res = Explainer(str(path), composite="attn_lrp").explain(
+        feeds, mode="custom", output_relevance=(expected * direction).astype(np.float32))
+    case = tmp_path / "case.npz"
+    np.savez(case, kind="bert", variant="attn_lrp", model_dir=str(MODEL_DIR), direction=direction, **feeds)
+    out = tmp_path / "lxt.npz"
+    subprocess.run([sys.executable, str(Path(__file__).parent / "lxt_oracle.py"), str(case), str(out)], check=True,
+                   timeout=300, capture_output=True)
+    reference = np.load(out)["relevance"]
+    valid = feeds["attention_mask"] == 1
+    error = np.linalg.norm((res.relevance - reference)[valid]) / np.linalg.norm(reference[valid])
+    assert error <= 1e-4
