@@ -43,6 +43,7 @@ class Settings:
     mean: list | None = None
     std: list | None = None
     pictures: bool = True            # heatmap and overlay PNGs beside the .npy
+    selection: dict = field(default_factory=dict)   # region / mask / box / direction (onnxlrp.selections)
 
 
 @dataclass
@@ -124,8 +125,9 @@ def explain_items(explainer, items: list[Item], settings: Settings, writer: Exec
     batch = {settings.primary: np.stack([sample for _, sample in loaded])}
     batch.update({name: np.repeat(value, len(loaded), axis=0) for name, value in settings.fixed.items()})
     try:
+        options = settings.selection or {"mode": settings.mode, "top_k": settings.top_k}
         result = explainer.explain(batch if settings.fixed else batch[settings.primary], target=settings.target,
-                                   mode=settings.mode, top_k=settings.top_k)
+                                   **options)
     except Exception as exc:  # onnxruntime raises its own types for inputs it cannot run
         if len(loaded) > 1:
             return results + [r for item, _ in loaded for r in explain_items(explainer, [item], settings, writer)]

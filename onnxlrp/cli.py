@@ -159,12 +159,14 @@ def cmd_explain(args) -> int:
     composite = _composite_from(args)
     explainer = Explainer(args.model, composite=composite, output=_model_output(args), inputs=_model_inputs(args),
                           threads=args.threads)
-    compiled = explainer.compiled(args.mode)
+    selection = _selection(args)
+    mode = "select" if selection else args.mode
+    compiled = _compiled_for_inputs(explainer, mode)
     primary = next(iter(compiled.relevance_outputs))
     settings = Settings(out=Path(args.out), shape=_shape(compiled, primary), primary=primary,
                         fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
                         top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std,
-                        pictures=not args.no_pictures)
+                        pictures=not args.no_pictures, selection=selection)
     items, problems = find_inputs(args.inputs)
     for spec, reason in problems:
         print(f"error: {spec}: {reason}", file=sys.stderr)
@@ -214,6 +216,97 @@ def _explain_texts(args) -> int:
     return 0
 
 
+def cmd_concepts(args) -> int:
+    from .batch import find_inputs
+    from .concepts import concept_atlas, top_concepts_of
+    from .runtime import Explainer
+
+    explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
+                          inputs=_model_inputs(args), threads=args.threads)
+    compiled = _compiled_for_inputs(explainer, "logit")
+    primary = next(iter(compiled.relevance_outputs))
+    shape = _shape(compiled, primary)
+    items, problems = find_inputs(args.inputs)
+    for spec, reason in problems:
+        print(f"error: {spec}: {reason}", file=sys.stderr)
+    if not items:
+        raise OnnxLrpError("no inputs to explain")
+    out = Path(args.out)
+    if args.references is not None:
+        if args.references < 1:
+            raise OnnxLrpError("--references must be at least 1")
+        index = concept_atlas(explainer, items, shape, args.layer, args.references, out, target=args.target,
+                              mean=args.mean, std=args.std, batch_size=args.batch_size,
+                              show_progress=not args.quiet, overwrite=args.overwrite)
+        print(f"concept atlas of {args.layer} over {len(items)} input(s): {index}")
+        return 1 if problems else 0
+    for item in items:
+        table = top_concepts_of(explainer, item, shape, args.layer, args.top, out, target=args.target,
+                                mean=args.mean, std=args.std)
+        listed = ", ".join(f"{c['channel']} ({c['relevance_share']:+.1%})" for c in table["concepts"])
+        print(f"{item.path}: class {table['target']}; top channels of {args.layer}: {listed}")
+    print(f"results in {out}/")
+    return 1 if problems else 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas; got {text!r}") from None
+
+
+def _selection(args) -> dict:
+    """--region/--mask/--box/--direction as Explainer.explain's keywords."""
+    selection = {}
+    if args.region is not None:
+        if len(args.region) != 4:
+            raise OnnxLrpError(f"--region takes Y0,X0,Y1,X1; got {args.region}")
+        selection["region"] = tuple(args.region)
+    if args.mask is not None:
+        if not Path(args.mask).is_file():
+            raise OnnxLrpError(f"--mask file '{args.mask}' does not exist")
+        selection["mask"] = args.mask
+    if args.box is not None:
+        selection["box"] = args.box
+    if args.direction is not None:
+        try:
+            selection["direction"] = np.load(args.direction, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise OnnxLrpError(f"--direction: cannot read '{args.direction}' as .npy: {exc}") from None
+    if len([k for k in selection if k != "layout"]) > 1:
+        raise OnnxLrpError("give one of --region, --mask, --box, --direction")
+    if selection and args.top_k is not None:
+        raise OnnxLrpError("--top-k explains classes; it does not combine with --region/--mask/--box/--direction")
+    if selection and args.layout:
+        selection["layout"] = args.layout
+    return selection
+
+
+def _compiled_for_inputs(explainer, mode: str):
+    """The compiled explainer whose inputs the command line reads (names, shapes); a model whose inputs
+    have free non-batch dims is compiled per input size later, so read it at one size here only to learn
+    the names (its shape stays free)."""
+    from .model import free_input_dims
+    free = free_input_dims(explainer.model)
+    if not free or getattr(explainer.composite, "gradient_form", False):
+        return explainer.compiled(mode)
+    value = next(v for v in explainer.model.graph.input if v.name == free[0])
+    probe = {free[0]: tuple(d.dim_value or 32 for d in list(value.type.tensor_type.shape.dim)[1:])}
+    compiled = explainer.compiled(mode, shapes=probe)
+    return _FreeShapes(compiled, explainer.model)
+
+
+class _FreeShapes:
+    """A compiled explainer seen with the model's own (free) input dims."""
+
+    def __init__(self, compiled, model):
+        self._compiled, self.model_inputs = compiled, {v.name: v for v in model.graph.input}
+
+    def __getattr__(self, name):
+        return getattr(self._compiled, name)
+
+
 def _stop(signum, frame):
     raise KeyboardInterrupt
 
@@ -238,9 +331,12 @@ def _fed_inputs(feeds: list[str], compiled, primary: str) -> dict[str, np.ndarra
 
 
 def _shape(compiled, name: str) -> list:
-    """An input's dims: ints, None where free (the batch)."""
+    """An input's dims: ints, None where free (the batch; a segmenter's H x W)."""
     from .export.tensors import graph_tensors
 
+    if isinstance(compiled, _FreeShapes):
+        dims = compiled.model_inputs[name].type.tensor_type.shape.dim
+        return [None] + [d.dim_value if d.HasField("dim_value") else None for d in list(dims)[1:]]
     return list(next(t.dims for t in graph_tensors(compiled.model)[0] if t.name == name))
 
 
@@ -368,6 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, .npy arrays, folders or glob patterns")
     _add_input_options(p)
+    group = p.add_argument_group("outputs that are not [batch, classes] (R = output * mask; --target is the class)")
+    group.add_argument("--region", type=_int_list, default=None, metavar="Y0,X0,Y1,X1",
+                       help="a segmentation's class --target within this box of output pixels (half-open)")
+    group.add_argument("--mask", default=None, metavar="FILE.png",
+                       help="a segmentation's class --target where this image is non-zero (resized to the output)")
+    group.add_argument("--box", type=int, default=None, metavar="N",
+                       help="the class --target score of detection N of a YOLO-style [batch, boxes, 4+1+C] or "
+                       "[batch, 4+C, boxes] output")
+    group.add_argument("--direction", default=None, metavar="FILE.npy",
+                       help="an embedding or regression output along this vector (R = z * r: with another input's "
+                       "embedding, why the two are close)")
+    group.add_argument("--layout", default=None, choices=["NCHW", "NHWC", "boxes_first", "attributes_first"],
+                       help="the output's layout for --region/--mask (NCHW, NHWC) or --box (default: from its shape)")
     group = p.add_argument_group("text models (needs pip install 'onnxlrp[text]'; e.g. --composite attn_lrp)")
     group.add_argument("--text", default=None, help="a sentence to explain, instead of INPUTs: writes "
                        "OUT/text.tokens.html, OUT/text.tokens.json and OUT/text.relevance.npy")
@@ -397,6 +506,33 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs per actor (CUDA provider when > 0)")
     _add_composite_options(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("concepts", help="what a layer's channels stand for (CRP): an input's top concepts, or a "
+                       "concept atlas over a data set",
+                       description="Concept relevance (CRP) at --layer (an ONNX node or tensor name; `onnxlrp inspect` "
+                       "lists them). With --top K (default): for each INPUT, the K channels with the highest concept "
+                       "relevance for the explained class, their shares of the layer's relevance, and their "
+                       "conditional heatmaps: OUT/<name>.concepts.png (a grid: the plain heatmap, then one per "
+                       "channel), .concepts.json and .concepts.npy. With --references N (relevance maximisation "
+                       "over all INPUTs, e.g. a folder): for every channel the N inputs with the highest concept "
+                       "relevance, with their conditional heatmaps for it, as OUT/channels/<c>.png and a concept "
+                       "atlas page OUT/index.html; resumable (OUT/relevance/ keeps each input's concept relevance).")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, .npy arrays, folders or glob patterns")
+    p.add_argument("--layer", required=True, help="the layer whose channels are the concepts")
+    p.add_argument("--top", type=int, default=6, metavar="K", help="concepts per input (default 6)")
+    p.add_argument("--references", type=int, default=None, metavar="N",
+                   help="build the concept atlas: N reference inputs per channel")
+    p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    p.add_argument("--mean", type=_float_list, help="per-channel mean for images, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_float_list, help="per-channel std for images, e.g. 0.229,0.224,0.225")
+    p.add_argument("--out", default="concepts", help="output folder (default concepts/)")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per onnxruntime run (default 16)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="recompute the atlas' concept relevance of every input")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_composite_options(p)
+    p.set_defaults(func=cmd_concepts)
 
     p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted, as a report",
                        description="Run checks on MODEL over the INPUT files and write OUT/report.md with its "

@@ -19,6 +19,7 @@ from . import composites as composites_module
 from .canonical import CanonicalModel, canonicalize
 from .contrastive import contrastive_relevance
 from .canonical.batch import BATCH_DIM
+from .conditions import ConceptLayers
 from .composites import Composite, Layer
 from .errors import UnsupportedModelError, UnsupportedOpError
 from .fanout import factor_fanout_products
@@ -50,6 +51,8 @@ class CompiledExplainer:
     layer_rules: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, rule)
     layer_sum_outputs: list[str] = field(default_factory=list)
     layer_relevance_outputs: list[str] = field(default_factory=list)  # output, layers top-down, inputs
+    condition_inputs: dict[str, str] = field(default_factory=dict)    # layer name -> its mask input (CRP)
+    concept_outputs: dict[str, tuple] = field(default_factory=dict)   # layer name -> (per-channel R, sum |R|)
     start_shape: tuple = ()        # the explained tensor's shape without the batch axis ((n_classes,) for logits)
     position_input: str | None = None   # sequence outputs (transformer composites): the position explained
     position_output: str | None = None
@@ -130,17 +133,22 @@ def explained_inputs(fwd: ForwardGraph, inputs: list[str] | None = None) -> list
 
 def compile_explainer(model, composite: Composite | str | None = None, mode: str = "logit",
                       output: int | str | None = None, inputs: list[str] | None = None,
-                      layer_sums: bool = False, layer_relevances: bool = False) -> CompiledExplainer:
+                      layer_sums: bool = False, layer_relevances: bool = False,
+                      conditions: list[str] | None = None, concepts: list[str] | None = None) -> CompiledExplainer:
     """Build the explainer model in memory. `model`: a path or an onnx.ModelProto.
 
     layer_sums: also output sum(R) and sum(|R|) per sample at every weighted layer's input.
     layer_relevances: also output the whole relevance tensor at every weighted layer's input.
+    conditions: layers (node or tensor names) whose relevance is masked to chosen channels (CRP): the
+        model takes a [batch, channels] 0/1 mask per layer (onnxlrp.conditions).
+    concepts: layers whose concept relevance per channel is output.
     """
     composite = composites_module.get(composite)
     if getattr(composite, "gradient_form", False):   # AttnLRP / CP-LRP: onnxlrp.gradient
         from .gradient import compile_gradient_explainer
         return compile_gradient_explainer(model, composite, mode=mode, output=output, inputs=inputs,
-                                          layer_relevances=layer_relevances)
+                                          layer_relevances=layer_relevances, conditions=conditions,
+                                          concepts=concepts)
     proto = load_model(model)
     canonical: CanonicalModel = canonicalize(proto, output)
     _refuse_control_flow(canonical.model)
@@ -158,11 +166,14 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     logits_shape = fwd.shape(logits)
     if fwd.elem_type(logits) != TensorProto.FLOAT:
         raise UnsupportedModelError(f"the logits '{logits}' are not float32; onnxlrp explains float32 models")
-    # custom mode may start anywhere (an inner layer's output, for the convergence check)
-    classifier = logits_shape is not None and len(logits_shape) == 2
-    if not (classifier or mode == "custom") or logits_shape is None or None in logits_shape[1:]:
-        raise UnsupportedModelError(f"the logits '{logits}' have shape {logits_shape}; onnxlrp explains classifiers "
-                                    "whose logits are [batch, classes] with a fixed number of classes")
+    # custom and select modes may start anywhere (any output shape, dynamic dims included)
+    if logits_shape is None:
+        raise UnsupportedModelError(f"the rank of the output '{logits}' is unknown after shape inference")
+    if mode not in ("custom", "select") and not is_classifier(logits_shape):
+        raise UnsupportedModelError(f"the output '{logits}' has shape {list(logits_shape)}; class modes explain "
+                                    "[batch, classes] (or [batch, classes, 1, ...]) logits with a fixed number of "
+                                    "classes; for other outputs select what to explain (region=, box=, direction=: "
+                                    "mode 'select') or give the start relevance (mode 'custom')")
     live = fwd.descendants(explained)
     if logits not in live:
         raise UnsupportedModelError(f"the logits '{logits}' do not depend on the input(s) {explained}")
@@ -185,10 +196,13 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             raise UnsupportedModelError(f"mode 'contrastive' needs a dense layer (Gemm/MatMul) right under the "
                                         f"logits '{logits}' and at least two classes; here they come from {found}")
     zeros = ZeroRelevance(fwd, path, rules, logits, live)
+    crp = ConceptLayers(fwd, path, conditions, concepts, last_axis_for_rank3=False)
+    extra_inputs += crp.inputs
     received: dict[str, list[str]] = {logits: [start]} if start else {}
     sum_outputs, layer_relevance = [], []   # top-down
     for node in reversed(path):
         relevance_out = [_gather(b, received.pop(o, None), node.name) if o else None for o in node.output]
+        relevance_out = crp.apply(b, node, relevance_out, received)
         contrastive = node is contrastive_layer
         if not contrastive and not any(relevance_out):
             continue
@@ -245,23 +259,31 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
             relevance_outputs_by_layer.append(name)
     graph_outputs.extend(extra_outputs)
+    graph_outputs.extend(crp.outputs)
 
     relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
     explainer = _explainer_model(canonical.model, forward_nodes + relevance_nodes,
                                  [_with_dynamic_batch(v) for v in canonical.model.graph.input] + extra_inputs,
                                  graph_outputs, b.initializers)
     layer_rules = [(layer.name, layer.op_type, repr(rules[layer.name])) for layer in layers]
-    target_input = extra_inputs[0].name if mode != "custom" else None
+    target_input = extra_inputs[0].name if mode not in ("custom", "select") else None
     compiled = CompiledExplainer(
         model=explainer, inputs=list(fwd.input_names), target_input=target_input,
-        custom_input=extra_inputs[0].name if mode == "custom" else None,
+        custom_input=extra_inputs[0].name if mode in ("custom", "select") else None,
         output_names=canonical.output_names, relevance_outputs=relevance_outputs,
         target_output=extra_outputs[0].name if extra_outputs else None, logits=logits,
-        n_classes=int(logits_shape[1]), start_shape=tuple(logits_shape[1:]),
+        n_classes=int(logits_shape[1]) if len(logits_shape) > 1 and logits_shape[1] else 0,
+        start_shape=tuple(logits_shape[1:]),
         layer_rules=layer_rules, layer_sum_outputs=sum_outputs if layer_sums else [],
-        layer_relevance_outputs=relevance_outputs_by_layer)
+        layer_relevance_outputs=relevance_outputs_by_layer, condition_inputs=crp.condition_inputs,
+        concept_outputs=crp.concept_outputs)
     _write_metadata(compiled, composite, mode)
     return compiled
+
+
+def is_classifier(shape) -> bool:
+    """[batch, classes] or [batch, classes, 1, ...] with a known number of classes."""
+    return len(shape) >= 2 and shape[1] is not None and all(d == 1 for d in shape[2:])
 
 
 def _explainer_model(canonical: onnx.ModelProto, nodes, inputs, outputs, initializers) -> onnx.ModelProto:
@@ -361,6 +383,7 @@ def _write_metadata(compiled: CompiledExplainer, composite, mode: str) -> None:
         "outputs": compiled.output_names, "relevance_outputs": compiled.relevance_outputs,
         "target_output": compiled.target_output, "logits": compiled.logits,
         "layer_sum_outputs": compiled.layer_sum_outputs, "layer_relevance_outputs": compiled.layer_relevance_outputs,
+        "condition_inputs": compiled.condition_inputs, "concept_outputs": compiled.concept_outputs,
     }
     entry = compiled.model.metadata_props.add()
     entry.key, entry.value = "onnxlrp", json.dumps(info)

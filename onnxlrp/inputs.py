@@ -46,13 +46,17 @@ def load_input(path: str | Path, shape, mean=None, std=None) -> np.ndarray:
 def _load_image(path: Path, shape, mean, std) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    if len(shape) != 4 or any(not isinstance(d, int) for d in shape[1:]):
-        raise InputError(f"the model input {list(shape)} is not an image batch of fixed size; give .npy arrays")
-    last = channels_last(shape)
-    channels, height, width = (shape[3], shape[1], shape[2]) if last else (shape[1], shape[2], shape[3])
+    last = channels_last(shape) if len(shape) == 4 else False
+    channels = (shape[3] if last else shape[1]) if len(shape) == 4 else None
+    if len(shape) != 4 or not isinstance(channels, int):
+        raise InputError(f"the model input {list(shape)} is not an image batch with a fixed channel count; "
+                         "give .npy arrays")
+    height, width = (shape[1], shape[2]) if last else (shape[2], shape[3])
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            image = image.convert("L" if channels == 1 else "RGB")
+            if isinstance(height, int) and isinstance(width, int):   # free sizes keep the image's own
+                image = image.resize((width, height), Image.BILINEAR)
             array = np.asarray(image, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"cannot read '{path}' as an image ({exc})") from None

@@ -79,3 +79,34 @@ def _external_tensors(model: onnx.ModelProto):
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             yield tensor
+
+
+def free_input_dims(model: onnx.ModelProto) -> list[str]:
+    """The graph inputs (not initialisers) with a non-batch dim that is free (named or unknown)."""
+    constants = {t.name for t in model.graph.initializer}
+    free = []
+    for value in model.graph.input:
+        if value.name in constants or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in list(dims)[1:]):
+            free.append(value.name)
+    return free
+
+
+def with_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs have these non-batch dims (the batch stays free)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in copy.graph.input:
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        wanted = shapes[value.name]
+        if len(wanted) != len(dims) - 1:
+            from .errors import InputError
+            raise InputError(f"input '{value.name}' has rank {len(dims)}; got a sample of shape {list(wanted)}")
+        for dim, size in zip(list(dims)[1:], wanted):
+            dim.Clear()
+            dim.dim_value = int(size)
+    return copy

@@ -4,6 +4,8 @@
     one     R_c = 1 for c
     prob    R_c = softmax(z)_c for c
     custom  any tensor of the logits' shape, given by the caller
+    select  R = z * M, M given by the caller shaped like the output (onnxlrp.selections: a region of a
+            segmentation, one detection, a direction); outputs of any shape, dynamic dims included
     contrastive  the log-odds of c against the others, through the pairwise difference layer
                  (onnxlrp.contrastive; here only the target is set up)
 
@@ -16,9 +18,10 @@ from onnx import TensorProto, helper
 
 from .ops.context import Builder
 
-MODES = ("logit", "one", "prob", "contrastive", "custom")
+MODES = ("logit", "one", "prob", "contrastive", "custom", "select")
 TARGET_INPUT = "target"
 CUSTOM_INPUT = "output_relevance"
+SELECT_INPUT = "output_mask"
 TARGET_OUTPUT = "target_explained"
 
 
@@ -28,11 +31,17 @@ def build_output_relevance(b: Builder, logits: str, dims: list[int], mode: str, 
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
     b.set_scope("output")
-    if mode == "custom":
-        name = _free(CUSTOM_INPUT, taken_names)
-        value = helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"] + list(dims))
-        return name, [value], []
+    if mode in ("custom", "select"):
+        name = _free(CUSTOM_INPUT if mode == "custom" else SELECT_INPUT, taken_names)
+        value = helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"] + free_dims(dims))
+        return (name if mode == "custom" else b.op("Mul", [logits, name], hint="start")), [value], []
     n_classes = dims[0]
+    if len(dims) > 1:   # [N, C, 1, ...]: classifier logits of a fully convolutional net
+        flat = b.op("Flatten", [logits], axis=1, hint="scores")
+        relevance, inputs, outputs = build_output_relevance(b, flat, dims[:1], mode, taken_names)
+        if relevance is not None:
+            relevance = b.op("Reshape", [relevance, b.op("Shape", [logits])])
+        return relevance, inputs, outputs
     target = _free(TARGET_INPUT, taken_names)
     target_input = helper.make_tensor_value_info(target, TensorProto.INT64, ["batch"])
     predicted = b.op("ArgMax", [logits], axis=1, keepdims=0, hint="predicted")
@@ -52,6 +61,11 @@ def build_output_relevance(b: Builder, logits: str, dims: list[int], mode: str, 
         relevance = b.op("Mul", [one_hot, b.op("Softmax", [logits], axis=1)], hint="start")
     chosen_output = helper.make_tensor_value_info(chosen, TensorProto.INT64, ["batch"])
     return relevance, [target_input], [chosen_output]
+
+
+def free_dims(dims) -> list:
+    """Dims for a value_info: ints where known, a name of their own where not."""
+    return [d if isinstance(d, int) else f"out_dim{k + 1}" for k, d in enumerate(dims)]
 
 
 def _free(name: str, taken: set[str]) -> str:

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 
 from . import composites as composites_module
 from .compiler import CompiledExplainer, abs_sum_name, compile_explainer
-from .errors import InputError
-from .model import load_model
+from .errors import InputError, UnsupportedModelError
+from .model import free_input_dims, load_model, with_input_shapes
 from .output_relevance import MODES
 
 # The CUDA provider with full float32 convolutions and matrix products: onnxruntime's default TF32 keeps 10
@@ -34,6 +34,7 @@ class Explanation:
     layer_abs_sums: dict[str, np.ndarray] = field(default_factory=dict)  # sum of |R|, same keys
     layer_relevances: dict[str, np.ndarray] = field(default_factory=dict)  # whole tensors, when asked for
     position: np.ndarray | None = None    # sequence outputs: the position explained, per sample
+    concept_relevance: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> [batch, channels], CRP
 
     # With several targets per sample (top_k, or a [batch, k] target) every per-sample array above has
     # a second axis of length k after the batch axis: relevance[i, j] explains target[i, j].
@@ -60,9 +61,10 @@ class Explainer:
         self.layer_sums = layer_sums
         self.layer_relevances = layer_relevances
         self.session_options = session_options or default_session_options(threads)
-        self._compiled: dict[str, CompiledExplainer] = {}
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        self._forward: ort.InferenceSession | None = None
+        self._compiled: dict[tuple, CompiledExplainer] = {}
+        self._sessions: dict[tuple, ort.InferenceSession] = {}
+        self._forwards: dict[object, ort.InferenceSession] = {}   # the plain forward model, per input size
+        self._forward_mode_name: str | None = None
         self._lock = threading.Lock()   # sessions are built once, even when threads share this explainer
 
     def replace(self, **changes) -> "Explainer":
@@ -77,42 +79,74 @@ class Explainer:
             raise TypeError(f"Explainer.replace() got unknown settings {sorted(unknown)}")
         return Explainer(**{**settings, **changes})
 
-    def compiled(self, mode: str = "logit") -> CompiledExplainer:
-        """The explainer model for `mode`, compiled once (no session is built for it until one is run)."""
+    def compiled(self, mode: str = "logit", conditions=(), concepts=(), shapes=None) -> CompiledExplainer:
+        """The explainer model for `mode`, compiled once (no session is built for it until one is run).
+        conditions / concepts: layers whose relevance is masked to channels / whose concept relevance is
+        output (CRP). shapes: input name -> shape, for models whose inputs have free non-batch dims (a
+        segmenter's H x W): the relevance rules need static shapes, so each input size is compiled once."""
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+        key = (mode, tuple(conditions), tuple(concepts), shapes and tuple(sorted(shapes.items())))
         with self._lock:
-            if mode not in self._compiled:
-                self._compiled[mode] = compile_explainer(
-                    self.model, composite=self.composite, mode=mode, output=self.output,
-                    inputs=self.explained_inputs, layer_sums=self.layer_sums, layer_relevances=self.layer_relevances)
+            if key not in self._compiled:
+                model = with_input_shapes(self.model, shapes) if shapes else self.model
+                self._compiled[key] = compile_explainer(
+                    model, composite=self.composite, mode=mode, output=self.output,
+                    inputs=self.explained_inputs, layer_sums=self.layer_sums, layer_relevances=self.layer_relevances,
+                    conditions=list(conditions) or None, concepts=list(concepts) or None)
                 release_freed_memory()
-            return self._compiled[mode]
+            return self._compiled[key]
 
-    def _session(self, mode: str):
-        compiled = self.compiled(mode)
+    def _session(self, mode: str, conditions=(), concepts=(), x=None):
+        shapes = self._free_shapes(x)
+        compiled = self.compiled(mode, conditions, concepts, shapes)
+        key = (mode, tuple(conditions), tuple(concepts), shapes and tuple(sorted(shapes.items())))
         with self._lock:
-            if mode not in self._sessions:
-                self._sessions[mode] = new_session(compiled.model.SerializeToString(), self.session_options,
-                                                   self.providers)
-            return compiled, self._sessions[mode]
+            if key not in self._sessions:
+                self._sessions[key] = new_session(compiled.model.SerializeToString(), self.session_options,
+                                                  self.providers)
+            return compiled, self._sessions[key]
+
+    def _free_shapes(self, x) -> dict | None:
+        """For a relevance-form composite on a model with free non-batch input dims: the shapes of `x`."""
+        if x is None or getattr(self.composite, "gradient_form", False):
+            return None
+        free = free_input_dims(self.model)
+        if not free:
+            return None
+        arrays = x if isinstance(x, dict) else {free[0]: x}
+        return {name: tuple(int(d) for d in np.shape(arrays[name])[1:]) for name in free if name in arrays}
+
+    def _forward_mode(self, x) -> str:
+        """A mode whose explainer holds the plain forward model: logit for classifiers, else select."""
+        if self._forward_mode_name is None:
+            try:
+                self._session("logit", x=x)
+                self._forward_mode_name = "logit"
+            except UnsupportedModelError:
+                self._forward_mode_name = "select"
+        return self._forward_mode_name
 
     def logits(self, x, batch_size: int | None = None) -> np.ndarray:
         """The explained output (the logits) for a batch, from the plain forward model: the explainer's own
         forward nodes alone, without any relevance node."""
-        compiled, session = self._session("logit")
+        compiled, session = self._session(self._forward_mode(x), x=x)
+        shapes = self._free_shapes(x)
+        key = shapes and tuple(sorted(shapes.items()))
         with self._lock:
-            if self._forward is None:
-                self._forward = new_session(forward_model(compiled).SerializeToString(), self.session_options,
-                                            self.providers)
+            if key not in self._forwards:
+                self._forwards[key] = new_session(forward_model(compiled).SerializeToString(), self.session_options,
+                                                  self.providers)
+            forward = self._forwards[key]
         feeds = self._feeds(compiled, session, x)
         n = next(iter(feeds.values())).shape[0]
         step = batch_size or n
-        return np.concatenate([self._forward.run(None, {k: v[i:i + step] for k, v in feeds.items()})[0]
+        return np.concatenate([forward.run(None, {k: v[i:i + step] for k, v in feeds.items()})[0]
                                for i in range(0, n, step)], axis=0)
 
     def explain(self, x, target=None, mode: str = "logit", output_relevance=None,
-                batch_size: int | None = None, top_k: int | None = None, position=None) -> Explanation:
+                batch_size: int | None = None, top_k: int | None = None, position=None, region=None, mask=None,
+                box=None, direction=None, layout: str | None = None, condition=None, concepts=None) -> Explanation:
         """Explain a batch. `x`: an array (single-input models) or a dict input name -> array.
 
         target: None (the predicted class), an int for every sample, one int per sample (-1: that sample's
@@ -120,10 +154,65 @@ class Explainer:
             [batch, k] array of ints: k explanations per sample in one call.
         top_k: explain each sample's k highest-scoring classes, best first (instead of target).
         mode: "logit" (default), "one", "prob", "contrastive", or "custom" with `output_relevance`
-            shaped like the logits.
+            shaped like the logits (or any output).
         position: for sequence outputs [batch, seq, vocab] (transformer composites): the position whose
             token is explained, an int or one per sample (default -1, the last).
+        region / mask / box / direction: what to explain on outputs that are not [batch, classes]
+            (onnxlrp.selections; R = z * M): class `target` within a region (y0, x0, y1, x1) or a mask
+            (array or PNG) of a segmentation, the class-`target` score of detection `box`, a direction r
+            of a regression or embedding output. layout: NCHW / NHWC (regions), boxes_first /
+            attributes_first (detections); by default from the shape.
+        condition: {layer: [channels]} (CRP: relevance only through those channels of that layer; layer
+            an ONNX node or tensor name; several layers apply from the top), or a list of such dicts:
+            several concepts per input in one batched run (every per-sample array gets a concept axis).
+        concepts: layers whose concept relevance per channel goes into `concept_relevance`.
         """
+        if any(v is not None for v in (region, mask, box, direction)):
+            if mode not in ("logit", "select") or output_relevance is not None or top_k is not None:
+                raise InputError("region/mask/box/direction choose the start relevance (R = z * mask): give no mode, "
+                                 "output_relevance or top_k with them")
+            output_relevance = self.output_mask(x, target=target, region=region, mask=mask, box=box,
+                                                direction=direction, layout=layout)
+            mode, target = "select", None
+        if isinstance(condition, (list, tuple)):
+            return self._explain_concepts(x, list(condition), target, mode, output_relevance, batch_size, position,
+                                          concepts)
+        masks = None
+        if condition:
+            n = len(next(iter(x.values())) if isinstance(x, dict) else x)
+            masks = {layer: [channels] * n for layer, channels in condition.items()}
+        return self._run(x, target, mode, output_relevance, batch_size, top_k, position, masks, concepts)
+
+    def output_mask(self, x, target=None, region=None, mask=None, box=None, direction=None,
+                    layout: str | None = None) -> np.ndarray:
+        """The M of a selection (onnxlrp.selections), shaped like the explained output for this batch (a
+        dynamic output shape is read off one forward run)."""
+        from .selections import output_mask
+        compiled, _ = self._session("select", x=x)
+        n = len(next(iter(x.values())) if isinstance(x, dict) else x)
+        shape = (n,) + tuple(compiled.start_shape)
+        if any(d is None for d in shape):
+            shape = self.logits(x).shape
+        return output_mask(shape, target=target, region=region, mask=mask, box=box, direction=direction,
+                           layout=layout)
+
+    def concept_relevance(self, x, layer: str, target=None, mode: str = "logit", condition=None,
+                          **selection) -> np.ndarray:
+        """Per channel of `layer`: the sum over positions of its relevance, divided by the sum of |R| over
+        the layer ([batch, channels]; zennit-crp's ChannelConcept.attribute with abs_norm)."""
+        return self.explain(x, target=target, mode=mode, condition=condition, concepts=[layer],
+                            **selection).concept_relevance[layer]
+
+    def top_concepts(self, x, layer: str, k: int, target=None, **options) -> tuple[np.ndarray, np.ndarray]:
+        """The k channels of `layer` with the highest concept relevance per sample: (channels, shares),
+        each [batch, k], best first."""
+        shares = self.concept_relevance(x, layer, target=target, **options)
+        if not 1 <= k <= shares.shape[1]:
+            raise InputError(f"k must be between 1 and the {shares.shape[1]} channels of '{layer}'; got {k}")
+        channels = np.argsort(-shares, axis=1, kind="stable")[:, :k]
+        return channels, np.take_along_axis(shares, channels, axis=1)
+
+    def _run(self, x, target, mode, output_relevance, batch_size, top_k, position, masks, concepts) -> Explanation:
         if top_k is not None:
             if target is not None:
                 raise InputError("give either target or top_k, not both")
@@ -131,30 +220,38 @@ class Explainer:
             if scores.ndim == 3:   # a sequence output: the scores at the explained position
                 positions = _positions(position, scores.shape[0], scores.shape[1])
                 scores = scores[np.arange(scores.shape[0]), positions]
+            scores = scores.reshape(len(scores), -1)
             if not 1 <= top_k <= scores.shape[1]:
                 raise InputError(f"top_k must be between 1 and the number of classes ({scores.shape[1]}); got {top_k}")
             target = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if target is not None and np.ndim(target) == 2:
-            return self._explain_several(x, np.asarray(target), mode, batch_size, position)
-        compiled, session = self._session(mode)
+            return self._explain_several(x, np.asarray(target), mode, batch_size, position, masks, concepts)
+        conditions = tuple(sorted(masks)) if masks else ()
+        compiled, session = self._session(mode, conditions, tuple(concepts or ()), x)
         feeds = self._feeds(compiled, session, x)
         n = next(iter(feeds.values())).shape[0]
-        n_classes = compiled.n_classes
-        if mode == "custom":
+        if mode in ("custom", "select"):
             if output_relevance is None:
-                raise InputError("mode='custom' needs output_relevance, an array shaped [batch, classes]")
+                raise InputError(f"mode='{mode}' needs output_relevance, an array shaped like the explained output "
+                                 f"[batch, {', '.join(str(d) for d in compiled.start_shape)}]")
             start = np.asarray(output_relevance, dtype=np.float32)
-            if start.shape != (n,) + tuple(compiled.start_shape):
-                raise InputError(f"output_relevance has shape {start.shape}; expected {(n,) + tuple(compiled.start_shape)}")
+            expected = (n,) + tuple(compiled.start_shape)
+            if start.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected, start.shape)):
+                raise InputError(f"output_relevance has shape {start.shape}; expected "
+                                 f"{tuple('any' if e is None else e for e in expected)}")
             feeds[compiled.custom_input] = start
         else:
-            feeds[compiled.target_input] = _targets(target, n, n_classes)
+            feeds[compiled.target_input] = _targets(target, n, compiled.n_classes)
         if compiled.position_input:
             length = feeds[next(iter(compiled.relevance_outputs))].shape[1]   # the token ids' sequence
             feeds[compiled.position_input] = _positions(position, n, length)
         elif position is not None:
             raise InputError("position= is for sequence outputs [batch, seq, vocab]; this model's explained output "
                              f"has shape [batch, {', '.join(str(d) for d in compiled.start_shape)}]")
+        declared = {i.name: i.shape for i in session.get_inputs()}
+        for layer in conditions:
+            name = compiled.condition_inputs[layer]
+            feeds[name] = _channel_masks(masks[layer], n, declared[name][1], layer)
         step = batch_size or n
         chunks = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
         names = [o.name for o in session.get_outputs()]
@@ -171,12 +268,37 @@ class Explainer:
             layer_abs_sums={name: merged[abs_sum_name(name)] for name in compiled.layer_sum_outputs},
             layer_relevances={name: merged[name] for name in compiled.layer_relevance_outputs},
             position=merged[compiled.position_output] if compiled.position_output else None,
+            concept_relevance={layer: merged[sums] / np.maximum(merged[absolute], 1e-30)[:, None]
+                               for layer, (sums, absolute) in compiled.concept_outputs.items()},
         )
+
+    def _explain_concepts(self, x, conditions: list[dict], target, mode, output_relevance, batch_size, position,
+                          concepts) -> Explanation:
+        """k conditions per sample: every sample repeated k times in one batch, one condition per copy."""
+        if not conditions or any(not isinstance(c, dict) or not c for c in conditions):
+            raise InputError("condition= takes {layer: [channels]} or a list of such dicts")
+        layers = set(conditions[0])
+        if any(set(c) != layers for c in conditions):
+            raise InputError("every condition of a list must name the same layers (mask a layer's every channel "
+                             "to leave it open)")
+        arrays = x if isinstance(x, dict) else {None: x}
+        n, k = len(next(iter(arrays.values()))), len(conditions)
+        repeated = {name: np.repeat(np.asarray(v), k, axis=0) for name, v in arrays.items()}
+        masks = {layer: [c[layer] for _ in range(n) for c in conditions] for layer in layers}
+        if target is not None and np.ndim(target) == 1:
+            target = np.repeat(np.asarray(target), k)
+        if output_relevance is not None:
+            output_relevance = np.repeat(np.asarray(output_relevance), k, axis=0)
+        if position is not None and np.ndim(position) == 1:
+            position = np.repeat(np.asarray(position), k)
+        flat = self._run(repeated if isinstance(x, dict) else repeated[None], target, mode, output_relevance,
+                         batch_size, None, position, masks, concepts)
+        return _split(flat, n, k)
 
     __call__ = explain
 
     def _explain_several(self, x, targets: np.ndarray, mode: str, batch_size: int | None,
-                         position=None) -> Explanation:
+                         position=None, masks=None, concepts=None) -> Explanation:
         """k targets per sample: every sample repeated k times in one batch, then split back to [n, k, ...]."""
         arrays = x if isinstance(x, dict) else {None: x}
         n = len(next(iter(arrays.values())))
@@ -186,21 +308,12 @@ class Explainer:
         repeated = {name: np.repeat(np.asarray(value), k, axis=0) for name, value in arrays.items()}
         if position is not None and np.ndim(position) == 1:
             position = np.repeat(np.asarray(position), k)
-        flat = self.explain(repeated if isinstance(x, dict) else repeated[None], target=targets.reshape(-1),
-                            mode=mode, batch_size=batch_size, position=position)
+        if masks:
+            masks = {layer: [m for m in rows for _ in range(k)] for layer, rows in masks.items()}
+        flat = self._run(repeated if isinstance(x, dict) else repeated[None], targets.reshape(-1), mode, None,
+                         batch_size, None, position, masks, concepts)
+        return _split(flat, n, k)
 
-        def split(array):
-            return array.reshape((n, k) + array.shape[1:])
-
-        return Explanation(
-            relevance=split(flat.relevance), outputs=[split(o)[:, 0] for o in flat.outputs],
-            target=split(flat.target) if flat.target is not None else None,
-            relevances={name: split(v) for name, v in flat.relevances.items()},
-            layer_sums={name: split(v) for name, v in flat.layer_sums.items()},
-            layer_abs_sums={name: split(v) for name, v in flat.layer_abs_sums.items()},
-            layer_relevances={name: split(v) for name, v in flat.layer_relevances.items()},
-            position=split(flat.position) if flat.position is not None else None,
-        )
 
     def _feeds(self, compiled: CompiledExplainer, session, x) -> dict[str, np.ndarray]:
         declared = {i.name: i for i in session.get_inputs()}
@@ -351,6 +464,35 @@ def _check_providers(providers: list) -> None:
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
               "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
+
+
+def _split(flat: Explanation, n: int, k: int) -> Explanation:
+    """A batch of n * k explanations (each sample repeated k times) as [n, k, ...] arrays."""
+    def split(array):
+        return array.reshape((n, k) + array.shape[1:])
+
+    return Explanation(
+        relevance=split(flat.relevance), outputs=[split(o)[:, 0] for o in flat.outputs],
+        target=split(flat.target) if flat.target is not None else None,
+        relevances={name: split(v) for name, v in flat.relevances.items()},
+        layer_sums={name: split(v) for name, v in flat.layer_sums.items()},
+        layer_abs_sums={name: split(v) for name, v in flat.layer_abs_sums.items()},
+        layer_relevances={name: split(v) for name, v in flat.layer_relevances.items()},
+        position=split(flat.position) if flat.position is not None else None,
+        concept_relevance={name: split(v) for name, v in flat.concept_relevance.items()},
+    )
+
+
+def _channel_masks(rows: list, n: int, channels, layer: str) -> np.ndarray:
+    """0/1 masks [n, channels] from each sample's list of kept channels."""
+    masks = np.zeros((n, channels), np.float32)
+    for i, kept in enumerate(rows):
+        kept = np.atleast_1d(np.asarray(kept))
+        if kept.size == 0 or kept.dtype.kind not in "iu" or np.any(kept < 0) or np.any(kept >= channels):
+            raise InputError(f"condition on '{layer}': channels {np.asarray(kept).tolist()} must be ints in "
+                             f"0..{channels - 1}")
+        masks[i, kept] = 1
+    return masks
 
 
 def _positions(position, n: int, length: int) -> np.ndarray:

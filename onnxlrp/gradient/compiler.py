@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 
 from ..canonical import canonicalize
 from ..canonical.batch import BATCH_DIM
+from ..conditions import ConceptLayers
 from ..errors import UnsupportedModelError, UnsupportedOpError
 from ..graph import ForwardGraph
 from ..model import load_model
@@ -71,7 +72,7 @@ def _default_inputs(fwd: ForwardGraph) -> list[str]:
 
 
 def compile_gradient_explainer(model, composite, mode: str = "logit", output=None, inputs=None,
-                               layer_relevances: bool = False):
+                               layer_relevances: bool = False, conditions=None, concepts=None):
     from ..compiler import CompiledExplainer, _explainer_model, _name_nodes, _refuse_control_flow, \
         _with_dynamic_batch, _write_metadata, LAYER_RELEVANCE_PREFIX
 
@@ -97,6 +98,9 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
     taken = {v.name for v in list(canonical.model.graph.input) + list(canonical.model.graph.output)}
     seed, extra_inputs, extra_outputs, position, kind = build_seed(b, logits, shape, mode, taken)
 
+    crp = ConceptLayers(fwd, [n for n in fwd.nodes if n.output and n.output[0] in analysis.live], conditions,
+                        concepts, last_axis_for_rank3=True)
+    extra_inputs += crp.inputs
     forward_nodes = [_copy(n) for n in fwd.nodes]
     by_name = {n.name: n for n in forward_nodes}
     received: dict[str, list[str]] = {logits: [seed]}
@@ -105,6 +109,7 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
                  if o else None for o in node.output]
         if not any(g_out):
             continue
+        g_out = crp.apply(b, node, g_out, received, to_relevance=lambda t, g: b.op("Mul", [t, g]))
         carries = [bool(i) and i in analysis.live and i not in analysis.detached for i in node.input]
         if not any(carries):
             continue
@@ -148,6 +153,7 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
         graph_outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, dims))
         relevance_outputs[name] = out_name
     graph_outputs.extend(extra_outputs)
+    graph_outputs.extend(crp.outputs)
 
     explainer = _explainer_model(canonical.model, forward_nodes + b.nodes,
                                  [_with_dynamic_batch(v) for v in canonical.model.graph.input] + extra_inputs,
@@ -155,14 +161,15 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
     n_classes = shape[1] if kind == "classes" else (shape[2] if kind == "sequence" else 0)
     compiled = CompiledExplainer(
         model=explainer, inputs=list(fwd.input_names),
-        target_input=extra_inputs[0].name if mode != "custom" else None,
-        custom_input=extra_inputs[0].name if mode == "custom" else None,
+        target_input=extra_inputs[0].name if mode not in ("custom", "select") else None,
+        custom_input=extra_inputs[0].name if mode in ("custom", "select") else None,
         output_names=canonical.output_names, relevance_outputs=relevance_outputs,
         target_output=extra_outputs[0].name if extra_outputs else None, logits=logits,
         n_classes=int(n_classes or 0), start_shape=tuple(shape[1:]),
         layer_rules=[(layer.name, layer.op_type, f"{layer.kind}: {rule!r}") for layer, rule in analysis.layers],
         layer_relevance_outputs=layer_relevance_outputs,
-        position_input=position, position_output=extra_outputs[1].name if position else None)
+        position_input=position, position_output=extra_outputs[1].name if position else None,
+        condition_inputs=crp.condition_inputs, concept_outputs=crp.concept_outputs)
     _write_metadata(compiled, composite, mode)
     return compiled
 

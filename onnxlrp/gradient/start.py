@@ -12,11 +12,11 @@ from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError
 from ..ops.context import Builder
-from ..output_relevance import CUSTOM_INPUT, TARGET_INPUT, TARGET_OUTPUT, _free
+from ..output_relevance import CUSTOM_INPUT, SELECT_INPUT, TARGET_INPUT, TARGET_OUTPUT, _free, free_dims
 
 POSITION_INPUT = "position"
 POSITION_OUTPUT = "position_explained"
-GRADIENT_MODES = ("logit", "one", "prob", "contrastive", "custom")
+GRADIENT_MODES = ("logit", "one", "prob", "contrastive", "custom", "select")
 
 
 def _int_scalar(b: Builder, value: int) -> str:
@@ -37,10 +37,10 @@ def build_seed(b: Builder, logits: str, shape: tuple, mode: str, taken: set[str]
         raise UnsupportedModelError(f"mode '{mode}' is not available for transformer composites; choose one of "
                                     f"{', '.join(GRADIENT_MODES)}")
     b.set_scope("output")
-    if mode == "custom":
-        name = _free(CUSTOM_INPUT, taken)
-        value = helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"] + list(shape[1:]))
-        return _over_output(b, name, logits), [value], [], None, "custom"
+    if mode in ("custom", "select"):   # select: R = z * M, so g = M
+        name = _free(CUSTOM_INPUT if mode == "custom" else SELECT_INPUT, taken)
+        value = helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"] + free_dims(shape[1:]))
+        return (_over_output(b, name, logits) if mode == "custom" else name), [value], [], None, mode
     dims = list(shape[1:])
     if len(dims) >= 1 and all(d == 1 for d in dims[1:]) and dims[0] is not None:
         kind = "classes"

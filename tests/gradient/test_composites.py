@@ -75,3 +75,17 @@ def test_inspect_on_the_command_line(rng, tmp_path, capsys):
     assert main(["inspect", str(path), "--composite", "attn_lrp"]) == 0
     out = capsys.readouterr().out
     assert "softmax: Norm(" in out and "bilinear: UniformShare(share=0.5)" in out and "supported" in out
+
+
+def test_conditions_on_hidden_units_of_a_transformer_layer(rng):
+    """CRP on a [batch, seq, hidden] tensor conditions its last axis; under CP-LRP every relevance path
+    runs through the values, so the per-unit conditional heatmaps of v add up to the plain one."""
+    model = _model(ATTENTION, **_attention_weights(rng))
+    x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    ex = Explainer(model, composite="cp_lrp")
+    plain = ex.explain(x, target=7).relevance
+    several = ex.explain(x, target=7, condition=[{"v": [c]} for c in range(3)])
+    assert several.relevance.shape == (2, 3, 4, 3)
+    np.testing.assert_allclose(several.relevance.sum(1), plain, rtol=1e-5, atol=1e-7)
+    shares = ex.concept_relevance(x, "v", target=7)
+    assert shares.shape == (2, 3)
