@@ -8,7 +8,8 @@ concepts of one input run as one batch. Where relevance reaches a conditioned te
 the mask, and all relevance still on its way down by other paths is dropped: relevance cannot bypass a
 mask through a skip connection (zennit-crp's exclude_parallel=True); several conditioned layers apply in
 order from the top. Concept relevance at a layer: per channel, the sum over positions of R there, with
-the sum of |R| over the layer beside it (outputs `lrp_concept/<tensor>` and `lrp_concept_abs/<tensor>`).
+the sum of those sums' absolute values beside it, zennit-crp's abs_norm denominator (outputs
+`lrp_concept/<tensor>` and `lrp_concept_abs/<tensor>`).
 """
 from __future__ import annotations
 
@@ -67,13 +68,12 @@ def masked(b, relevance: str, tensor: str, rank: int, axis: int) -> str:
 
 
 def emit_concepts(b, relevance: str, tensor: str, rank: int, axis: int) -> None:
-    """Per-channel sums of R at the tensor, and the sum of |R| over it."""
+    """Per-channel sums of R at the tensor, and the sum of their absolute values."""
     others = [a for a in range(1, rank) if a != axis]
     per_channel = b.op("ReduceSum", [relevance, b.ints(others)], keepdims=0) if others else relevance
     b.nodes.append(helper.make_node("Identity", [per_channel], [CONCEPT_PREFIX + tensor], name=b.fresh("concepts")))
-    flat = b.op("Flatten", [relevance], axis=1)
-    b.nodes.append(helper.make_node("ReduceSum", [b.op("Abs", [flat]), b.ints([1])], [CONCEPT_ABS_PREFIX + tensor],
-                                    keepdims=0, name=b.fresh("concepts_abs")))
+    b.nodes.append(helper.make_node("ReduceSum", [b.op("Abs", [per_channel]), b.ints([1])],
+                                    [CONCEPT_ABS_PREFIX + tensor], keepdims=0, name=b.fresh("concepts_abs")))
 
 
 class ConceptLayers:

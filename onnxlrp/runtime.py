@@ -198,8 +198,8 @@ class Explainer:
 
     def concept_relevance(self, x, layer: str, target=None, mode: str = "logit", condition=None,
                           **selection) -> np.ndarray:
-        """Per channel of `layer`: the sum over positions of its relevance, divided by the sum of |R| over
-        the layer ([batch, channels]; zennit-crp's ChannelConcept.attribute with abs_norm)."""
+        """Per channel of `layer`: the sum over positions of its relevance, divided by the sum over channels of
+        those sums' absolute values ([batch, channels]; zennit-crp's ChannelConcept.attribute, abs_norm)."""
         return self.explain(x, target=target, mode=mode, condition=condition, concepts=[layer],
                             **selection).concept_relevance[layer]
 
@@ -268,7 +268,7 @@ class Explainer:
             layer_abs_sums={name: merged[abs_sum_name(name)] for name in compiled.layer_sum_outputs},
             layer_relevances={name: merged[name] for name in compiled.layer_relevance_outputs},
             position=merged[compiled.position_output] if compiled.position_output else None,
-            concept_relevance={layer: merged[sums] / np.maximum(merged[absolute], 1e-30)[:, None]
+            concept_relevance={layer: merged[sums] / (merged[absolute][:, None] + 1e-10)   # zennit-crp's abs_norm
                                for layer, (sums, absolute) in compiled.concept_outputs.items()},
         )
 
