@@ -126,7 +126,7 @@ def cmd_compile(args) -> int:
         except OnnxLrpError as exc:
             failures += 1
             print(f"error: {model}: {exc}", file=sys.stderr)
-    return 1 if failures else 0
+    return 2 if failures == len(models) else (1 if failures else 0)   # 2: nothing compiled
 
 
 def cmd_export(args) -> int:
@@ -386,8 +386,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
+    from .model import load_model
     from .runtime import CUDA_PROVIDERS
 
+    load_model(args.model)        # a broken or hostile model is refused before any session is built
     names = [n.strip() for n in args.composites.split(",") if n.strip()]
     for name in names:
         bench.composite_for(name)     # an unknown name fails before any timing
@@ -611,6 +613,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory (a smaller --batch-size, or a machine with more memory)", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback on request
+        if os.environ.get("ONNXLRP_DEBUG"):
+            raise
+        text = str(exc).strip().splitlines()
+        print(f"error: internal error, {type(exc).__name__}: {text[0][:300] if text else ''} (a bug in onnxlrp: "
+              "please report it with the model; ONNXLRP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

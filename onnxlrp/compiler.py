@@ -149,7 +149,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         return compile_gradient_explainer(model, composite, mode=mode, output=output, inputs=inputs,
                                           layer_relevances=layer_relevances, conditions=conditions,
                                           concepts=concepts)
-    proto = load_model(model)
+    proto = load_model(model, check=not isinstance(model, onnx.ModelProto))   # a proto: checked by its caller
     canonical: CanonicalModel = canonicalize(proto, output)
     _refuse_control_flow(canonical.model)
     _name_nodes(canonical.model)
@@ -397,6 +397,7 @@ def compile(model, output_path: str | os.PathLike, composite: Composite | str | 
     `<output>.data` beside it (default: only for models over 2 GB); onnxruntime then maps them into
     memory instead of copying them out of the file, which lowers a session's peak memory.
     """
+    model = load_model(model)   # files and protos alike are checked once, here
     compiled = compile_explainer(model, composite=composite, mode=mode, output=output, **options)
     if check:
         check_explainer(compiled.model)

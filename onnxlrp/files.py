@@ -4,9 +4,28 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import OnnxLrpError
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def as_if_created(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file or folder the mode open() or mkdir() would have given it under the user's umask (644 /
+    755 under umask 022): the temporary files and folders that make writes atomic start private (600 /
+    700), which would keep a server running as another user from reading them."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 def save_atomic(path: str | os.PathLike, write) -> Path:
@@ -17,6 +36,7 @@ def save_atomic(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        as_if_created(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -38,6 +58,7 @@ def save_dir_atomic(path: str | os.PathLike, write, overwrite: bool = False) -> 
     old = None
     try:
         write(tmp)
+        as_if_created(tmp, directory=True)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)

@@ -8,30 +8,49 @@ from pathlib import Path
 import onnx
 
 from .errors import ModelLoadError
+from .files import as_if_created
 
 # Models above this size must keep their weights in an external data file.
 _PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2
 
 
-def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Return a ModelProto with external data loaded; never modifies the caller's object or file."""
+def load_model(model: str | os.PathLike | onnx.ModelProto, check: bool = True) -> onnx.ModelProto:
+    """Return a ModelProto with external data loaded; never modifies the caller's object or file.
+
+    check: refuse a broken or hostile model with one clear line (onnxlrp.validate): done for files
+    always, and for a ModelProto unless the caller checked it already."""
+    from .validate import check_external_data, validate
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
+        if check:
+            validate(copy)
         return copy
     path = Path(model)
     if not path.exists():
         raise ModelLoadError(f"model file '{path}' does not exist")
     if path.is_dir():
         raise ModelLoadError(f"'{path}' is a folder; give the path of an .onnx file")
+    if not path.is_file():
+        raise ModelLoadError(f"'{path}' is not a regular file; give the path of an .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"'{path}' is empty: is it an ONNX model?")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types
         raise ModelLoadError(
             f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'truncated or corrupt file'})"
         ) from None
     if len(proto.graph.node) == 0:
         raise ModelLoadError(f"'{path}' holds no graph nodes: is it an ONNX model?")
+    if any(True for _ in _external_tensors(proto)):
+        check_external_data(proto, path.parent)
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"cannot read the external data of '{path}' ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    validate(proto, f"'{path.name}'")
     return proto
 
 
@@ -60,9 +79,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
                     if entry.key == "location":
                         entry.value = data_name
             onnx.save_model(saved, str(tmp))
+            as_if_created(tmp_data)
             os.replace(tmp_data, path.parent / data_name)
         else:
             onnx.save_model(model, str(tmp))
+        as_if_created(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

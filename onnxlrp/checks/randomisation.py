@@ -106,7 +106,7 @@ def randomisation(model, x: np.ndarray, make_explainer, target=None, order: str 
     """
     if order not in ORDERS:
         raise ValueError(f"unknown order '{order}'; choose one of {', '.join(ORDERS)}")
-    model = load_model(model)
+    model = load_model(model, check=False)
     layers = weighted_layers(model)
     if not layers:
         raise ValueError("the model has no weighted layer with constant weights to randomise")

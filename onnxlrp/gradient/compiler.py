@@ -76,7 +76,7 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
     from ..compiler import CompiledExplainer, _explainer_model, _name_nodes, _refuse_control_flow, \
         _with_dynamic_batch, _write_metadata, LAYER_RELEVANCE_PREFIX
 
-    proto = defuse_contrib_ops(load_model(model))
+    proto = defuse_contrib_ops(load_model(model, check=not isinstance(model, onnx.ModelProto)))
     canonical = canonicalize(proto, output, layer_rewrites=False)
     _refuse_control_flow(canonical.model)
     _refuse_other_domains(canonical.model)
