@@ -135,7 +135,7 @@ def cmd_export(args) -> int:
     options = dict(device=args.device, overwrite=args.overwrite, external_data=True if args.external_data else None)
     if args.format == "triton":
         options.update(version=args.version, max_batch_size=args.max_batch_size, instances=args.instances,
-                       threads=args.threads)
+                       threads=args.threads, queue_delay_us=args.queue_delay_us)
     written = export(args.model, args.out, format=args.format, composite=_composite_from(args), mode=args.mode,
                      output=_model_output(args), inputs=_model_inputs(args), name=args.name, **options)
     print(f"{args.model} -> {written}")
@@ -451,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest batch Triton forms from queued requests (default 8; 0: no batching)")
     group.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
     group.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per instance")
+    group.add_argument("--queue-delay-us", type=int, default=100, metavar="US",
+                       help="how long Triton's dynamic batcher waits for more requests to join a batch (default 100)")
     _add_composite_options(p)
     p.set_defaults(func=cmd_export)
 
