@@ -249,6 +249,19 @@ def cmd_concepts(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError as exc:
+        raise OnnxLrpError(f"onnxlrp serve needs its extra: pip install 'onnxlrp[serve]' ({exc.name} is missing)") from None
+    app = create_app(args.models, max_upload=int(args.max_upload_mb * 1024**2))
+    print(f"serving {', '.join(app.state.served)} at http://{args.host}:{args.port}/ (API docs: /docs; Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
@@ -537,6 +550,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_composite_options(p)
     p.set_defaults(func=cmd_concepts)
+
+    p = sub.add_parser("serve", help="a local web page and JSON API that explain images with the given models",
+                       description="Serve MODEL(s) at http://HOST:PORT/: a page where you drop or pick an image, see "
+                       "the top classes, click one to explain it, choose the composite, its parameters and the start, "
+                       "compare composites side by side and download the heatmap and the relevance; and a JSON API "
+                       "(POST /v1/explain, GET /v1/models; OpenAPI docs at /docs). Binds to 127.0.0.1 unless "
+                       "--host says otherwise. Needs pip install 'onnxlrp[serve]'. docs/serve.md.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX image classifier(s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=8, help="largest request accepted (default 8 MB)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted, as a report",
                        description="Run checks on MODEL over the INPUT files and write OUT/report.md with its "

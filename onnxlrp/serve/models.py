@@ -1,0 +1,100 @@
+"""The models a server explains: each by name, with its input, classes and one Explainer per composite."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import composites as composites_module
+from ..errors import InputError, OnnxLrpError
+from ..inputs import channels_last
+from ..runtime import Explainer
+
+# What the page offers, with the parameters each composite takes (name -> default)
+COMPOSITES = {
+    "epsilon_plus_flat": {}, "epsilon_plus": {}, "epsilon_gamma_box": {"low": 0.0, "high": 1.0, "gamma": 0.25},
+    "epsilon_alpha2_beta1_flat": {}, "excitation_backprop": {}, "epsilon": {"epsilon": 1e-6}, "lrp0": {},
+    "attn_lrp": {}, "cp_lrp": {},
+}
+MODES = ("logit", "prob", "contrastive", "one")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    input_name: str
+    input_shape: list            # [batch, ...], None where free
+    classes: int
+    transformer: bool            # the ViT-style models take the attn_lrp / cp_lrp composites
+    _explainers: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "input": {"name": self.input_name, "shape": self.input_shape,
+                                              "layout": "NHWC" if channels_last(self.input_shape) else "NCHW"},
+                "classes": self.classes, "composites": self.composites(), "default_composite": self.composites()[0],
+                "modes": list(MODES)}
+
+    def composites(self) -> list[str]:
+        names = [n for n in COMPOSITES if (n in ("attn_lrp", "cp_lrp")) == self.transformer]
+        return names
+
+    def explainer(self, composite: str, params: dict) -> Explainer:
+        if composite not in self.composites():
+            raise InputError(f"composite '{composite}' is not offered for model '{self.name}'; choose one of "
+                             f"{', '.join(self.composites())}")
+        allowed = COMPOSITES[composite]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise InputError(f"composite '{composite}' takes no parameter {', '.join(unknown)}"
+                             + (f"; it takes {', '.join(allowed)}" if allowed else ""))
+        values = {**allowed, **{k: float(v) for k, v in params.items()}}
+        key = (composite, tuple(sorted(values.items())))
+        with self._lock:
+            if key not in self._explainers:
+                if len(self._explainers) >= 16:     # a bounded cache: parameters come from requests
+                    self._explainers.pop(next(iter(self._explainers)))
+                self._explainers[key] = Explainer(str(self.path), composite=composites_module.get(composite, **values))
+            return self._explainers[key]
+
+
+def load_served(paths: list[str]) -> dict[str, ServedModel]:
+    served = {}
+    for text in paths:
+        path = Path(text)
+        explainer = Explainer(str(path))         # checks the file; the default composite reads its shapes
+        name = path.stem
+        while name in served:
+            name += "_"
+        transformer = _is_transformer(explainer)
+        compiled = (explainer.replace(composite="cp_lrp") if transformer else explainer).compiled()
+        input_name = next(iter(compiled.relevance_outputs))
+        value = next(v for v in explainer.model.graph.input if v.name == input_name)
+        shape = [None] + [d.dim_value if d.HasField("dim_value") else None
+                          for d in list(value.type.tensor_type.shape.dim)[1:]]
+        if len(shape) != 4 or not compiled.n_classes:
+            raise OnnxLrpError(f"'{path}': onnxlrp serve explains image classifiers ([batch, C, H, W] or "
+                               f"[batch, H, W, C] input, [batch, classes] output); this one takes {shape}")
+        served[name] = ServedModel(name=name, path=path, input_name=input_name, input_shape=shape,
+                                   classes=compiled.n_classes, transformer=transformer)
+    return served
+
+
+def _is_transformer(explainer: Explainer) -> bool:
+    """A ViT-style graph (attention: a Softmax that feeds a MatMul): explained with AttnLRP / CP-LRP."""
+    graph = explainer.model.graph
+    probabilities = {o for node in graph.node if node.op_type == "Softmax" for o in node.output}
+    for node in graph.node:   # in topological order: follow them through casts and dropouts
+        if node.op_type in ("Cast", "Identity", "Dropout", "Where") and probabilities.intersection(node.input):
+            probabilities.update(node.output)
+    return any(node.op_type == "MatMul" and probabilities.intersection(node.input) for node in graph.node)
+
+
+def relevance_summary(relevance: np.ndarray, explained_score: float) -> dict:
+    total = float(relevance.sum())
+    return {"sum": total, "positive": float(np.clip(relevance, 0, None).sum()),
+            "negative": float(np.clip(relevance, None, 0).sum()), "explained_score": explained_score,
+            "conservation": total / explained_score if explained_score else None}

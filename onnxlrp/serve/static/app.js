@@ -1,0 +1,150 @@
+// The onnxlrp page: pick a model and an image, see the scores, click a class to explain it.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const PARAMS = { epsilon: "epsilon", gamma: "gamma", low: "low (input minimum)", high: "high (input maximum)" };
+let models = {}, file = null, target = null, lastReply = null;
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || body.detail || response.statusText);
+  return body;
+}
+
+function busy(on) {
+  $("progress").hidden = !on;
+  for (const id of ["explain", "compare"]) $(id).disabled = on || !file;
+}
+
+function showComposites() {
+  const model = models[$("model").value];
+  $("composite").innerHTML = "";
+  for (const name of model.composites) $("composite").add(new Option(name.replaceAll("_", " "), name));
+  showParams();
+}
+
+function showParams() {
+  const defaults = { epsilon_gamma_box: { gamma: 0.25, low: 0, high: 1 }, epsilon: { epsilon: 1e-6 } };
+  const wanted = defaults[$("composite").value] || {};
+  $("params").innerHTML = "";
+  for (const [key, value] of Object.entries(wanted)) {
+    const label = document.createElement("label");
+    label.textContent = PARAMS[key] + " ";
+    const input = document.createElement("input");
+    input.type = "number"; input.step = "any"; input.value = value; input.dataset.param = key;
+    label.appendChild(input);
+    $("params").appendChild(label);
+  }
+}
+
+function params() {
+  const values = {};
+  for (const input of $("params").querySelectorAll("input")) values[input.dataset.param] = Number(input.value);
+  return values;
+}
+
+function form(composite, raw) {
+  const data = new FormData();
+  data.append("image", file);
+  data.append("model", $("model").value);
+  data.append("composite", composite || $("composite").value);
+  data.append("params", JSON.stringify(composite ? {} : params()));
+  data.append("mode", $("mode").value);
+  if (target !== null) data.append("target", String(target));
+  if (raw) data.append("raw", "true");
+  return data;
+}
+
+async function explain() {
+  if (!file) return;
+  busy(true); $("error").textContent = "";
+  try {
+    const reply = await api("/v1/explain", { method: "POST", body: form() });
+    lastReply = reply;
+    show(reply);
+  } catch (error) {
+    $("error").textContent = error.message;
+  } finally { busy(false); }
+}
+
+function show(reply) {
+  $("result").hidden = false;
+  $("scores").innerHTML = "";
+  for (const score of reply.scores) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.textContent = `class ${score.class}: ${(100 * score.probability).toFixed(1)} %  (logit ${score.logit.toFixed(2)})`;
+    button.dataset.class = score.class;
+    if (score.class === reply.target) button.classList.add("chosen");
+    button.onclick = () => { target = score.class; explain(); };
+    item.appendChild(button);
+    $("scores").appendChild(item);
+  }
+  $("explained").textContent = `class ${reply.target}`;
+  $("input").src = reply.input;
+  $("heatmap").src = reply.heatmap;
+  $("heatmap").style.opacity = $("opacity").value;
+  const r = reply.relevance;
+  $("summary").textContent = `relevance sum ${r.sum.toFixed(4)} (positive ${r.positive.toFixed(4)}, negative ` +
+    `${r.negative.toFixed(4)})` + (r.conservation !== null ? `; conservation: ${(100 * r.conservation).toFixed(1)} % ` +
+    `of the explained logit ${r.explained_score.toFixed(4)}` : "");
+  $("download-png").href = reply.heatmap;
+}
+
+async function downloadNpy(event) {
+  event.preventDefault();
+  busy(true);
+  try {
+    const reply = await api("/v1/explain", { method: "POST", body: form(null, true) });
+    const bytes = Uint8Array.from(atob(reply.relevance_npy), (c) => c.charCodeAt(0));
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+    link.download = `relevance_class${reply.target}.npy`;
+    link.click();
+  } catch (error) { $("error").textContent = error.message; } finally { busy(false); }
+}
+
+async function compare() {
+  busy(true); $("error").textContent = "";
+  $("grid").innerHTML = ""; $("comparison").hidden = false;
+  try {
+    for (const name of models[$("model").value].composites.slice(0, 5)) {
+      const reply = await api("/v1/explain", { method: "POST", body: form(name) });
+      const figure = document.createElement("figure");
+      figure.innerHTML = `<img alt="${name}" src="${reply.overlay}"><figcaption>${name.replaceAll("_", " ")}` +
+        (reply.relevance.conservation !== null ? `<br>${(100 * reply.relevance.conservation).toFixed(0)} % conserved` : "") +
+        `</figcaption>`;
+      $("grid").appendChild(figure);
+    }
+  } catch (error) { $("error").textContent = error.message; } finally { busy(false); }
+}
+
+function choose(chosen) {
+  if (!chosen) return;
+  file = chosen; target = null;
+  $("thumb").src = URL.createObjectURL(chosen); $("thumb").hidden = false;
+  explain();
+}
+
+async function start() {
+  const listing = await api("/v1/models");
+  for (const model of listing.models) {
+    models[model.name] = model;
+    $("model").add(new Option(`${model.name} (${model.classes} classes)`, model.name));
+  }
+  showComposites();
+  $("model").onchange = () => { showComposites(); target = null; explain(); };
+  $("composite").onchange = () => { showParams(); explain(); };
+  $("mode").onchange = explain;
+  $("file").onchange = (e) => choose(e.target.files[0]);
+  $("explain").onclick = explain;
+  $("compare").onclick = compare;
+  $("download-npy").onclick = downloadNpy;
+  $("opacity").oninput = () => { $("heatmap").style.opacity = $("opacity").value; };
+  const drop = $("drop");
+  drop.ondragover = (e) => { e.preventDefault(); drop.classList.add("over"); };
+  drop.ondragleave = () => drop.classList.remove("over");
+  drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove("over"); choose(e.dataTransfer.files[0]); };
+}
+
+start().catch((error) => { $("error").textContent = error.message; });

@@ -1,0 +1,31 @@
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "models" / "demo"
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """The app on a free port of 127.0.0.1, in a thread of this process; stopped at the end."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("multipart")
+    from onnxlrp.serve.app import create_app
+    app = create_app([str(DEMO / "digits_cnn.onnx"), str(DEMO / "digits_vit.onnx")], max_upload=256 * 1024)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

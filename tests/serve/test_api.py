@@ -1,0 +1,118 @@
+"""The JSON API of `onnxlrp serve`: good requests, bad requests (4xx with a JSON error, and the server goes
+on serving), concurrency, and no request reaching a path of its choosing."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pathlib import Path
+
+from onnxlrp import Explainer
+
+DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
+
+DIGIT = (DEMO / "digits" / "test_4.png").read_bytes()
+
+
+def _multipart(fields: dict, files: dict) -> tuple[bytes, str]:
+    boundary = "onnxlrpboundary"
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data) in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _post(base: str, fields: dict, files: dict | None = None, body: bytes | None = None, kind: str | None = None):
+    if body is None:
+        if files is None:
+            body, kind = json.dumps(fields).encode(), "application/json"
+        else:
+            body, kind = _multipart(fields, files)
+    request = urllib.request.Request(f"{base}/v1/explain", data=body, headers={"Content-Type": kind})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def _sample():
+    return np.asarray(Image.open(io.BytesIO(DIGIT)), np.float32)[None] / 255
+
+
+def test_models_are_listed(live_server):
+    listing = json.load(urllib.request.urlopen(f"{live_server}/v1/models"))
+    names = {m["name"]: m for m in listing["models"]}
+    assert set(names) == {"digits_cnn", "digits_vit"}
+    assert names["digits_cnn"]["classes"] == 10 and "epsilon_gamma_box" in names["digits_cnn"]["composites"]
+    assert names["digits_vit"]["composites"] == ["attn_lrp", "cp_lrp"]
+    assert "/v1/explain" in json.load(urllib.request.urlopen(f"{live_server}/openapi.json"))["paths"]
+
+
+def test_an_uploaded_digit_is_explained_as_in_process(live_server):
+    status, reply = _post(live_server, {"model": "digits_cnn", "raw": "true"}, {"image": ("four.png", DIGIT)})
+    assert status == 200 and reply["target"] == 4 and reply["scores"][0]["class"] == 4
+    expected = Explainer(str(DEMO / "digits_cnn.onnx")).explain(_sample()[None], target=4).relevance[0]
+    relevance = np.load(io.BytesIO(base64.b64decode(reply["relevance_npy"])))
+    np.testing.assert_allclose(relevance, expected, rtol=1e-5, atol=1e-7)
+    assert reply["heatmap"].startswith("data:image/png;base64,")
+    assert 0.5 < reply["relevance"]["conservation"] <= 1.0 + 1e-6
+
+
+def test_a_base64_array_and_composite_parameters(live_server):
+    x = _sample()
+    array = {"dtype": "float32", "shape": list(x.shape), "data": base64.b64encode(x.tobytes()).decode()}
+    status, reply = _post(live_server, {"model": "digits_cnn", "array": array, "target": 9, "composite":
+                                        "epsilon_gamma_box", "params": {"low": 0, "high": 1, "gamma": 0.5},
+                                        "mode": "prob"})
+    assert status == 200 and reply["target"] == 9 and reply["params"] == {"low": 0.0, "high": 1.0, "gamma": 0.5}
+    status, reply = _post(live_server, {"model": "digits_vit", "array": array, "composite": "cp_lrp"})
+    assert status == 200 and reply["composite"] == "cp_lrp"
+
+
+@pytest.mark.parametrize("fields,files,body,status,words", [
+    ({"model": "digits_cnn"}, {"image": ("notes.txt", b"just some text")}, None, 415, "not an image"),
+    ({"model": "digits_cnn"}, {"image": ("broken.png", DIGIT[:40])}, None, 415, "not an image"),
+    ({"model": "digits_cnn"}, {"image": ("big.png", b"\0" * (300 * 1024))}, None, 413, "limit"),
+    ({"model": "digits_cnn", "composite": "zennit_magic"}, {"image": ("d.png", DIGIT)}, None, 422, "not offered"),
+    ({"model": "digits_cnn", "target": 10}, {"image": ("d.png", DIGIT)}, None, 422, "out of range"),
+    ({"model": "digits_cnn", "target": "three"}, {"image": ("d.png", DIGIT)}, None, 422, "integer"),
+    ({"model": "digits_cnn", "mode": "custom"}, {"image": ("d.png", DIGIT)}, None, 422, "unknown mode"),
+    ({"model": "../../etc/passwd"}, {"image": ("d.png", DIGIT)}, None, 404, "no model"),
+    ({"model": "digits_cnn"}, {}, None, 400, "no file field"),
+    ({}, None, b"{not json", 400, "not valid JSON"),
+    ({"model": "digits_cnn", "array": {"dtype": "float32", "shape": [2, 2], "data": "AAAA"}}, None, None, 400,
+     "base64"),
+])
+def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(live_server, fields, files, body, status, words):
+    got, reply = _post(live_server, fields, files, body=body, kind="application/json" if body else None)
+    assert got == status and words in reply["error"], reply
+    assert _post(live_server, {"model": "digits_cnn"}, {"image": ("d.png", DIGIT)})[0] == 200
+
+
+def test_assets_cannot_reach_other_files(live_server):
+    for path in ("/static/..%2fapp.py", "/static/models.py", "/static/%2e%2e/%2e%2e/README.md"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"{live_server}{path}")
+        assert error.value.code == 404
+
+
+def test_concurrent_requests(live_server):
+    digits = [(DEMO / "digits" / f"test_{d}.png").read_bytes() for d in range(10)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(lambda data: _post(live_server, {"model": "digits_cnn"}, {"image": ("d.png", data)}),
+                                digits * 2))
+    assert all(status == 200 for status, _ in replies)
+    assert sum(reply["target"] == d for (_, reply), d in zip(replies, list(range(10)) * 2)) >= 18
