@@ -256,7 +256,11 @@ def cmd_serve(args) -> int:
         from .serve.app import create_app
     except ImportError as exc:
         raise OnnxLrpError(f"onnxlrp serve needs its extra: pip install 'onnxlrp[serve]' ({exc.name} is missing)") from None
-    app = create_app(args.models, max_upload=int(args.max_upload_mb * 1024**2))
+    tokenizers = {}
+    for spec in args.tokenizer:
+        name, _, path = spec.rpartition("=")
+        tokenizers[name] = path
+    app = create_app(args.models, max_upload=int(args.max_upload_mb * 1024**2), tokenizers=tokenizers)
     print(f"serving {', '.join(app.state.served)} at http://{args.host}:{args.port}/ (API docs: /docs; Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -561,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=8, help="largest request accepted (default 8 MB)")
+    p.add_argument("--tokenizer", action="append", default=[], metavar="[MODEL=]tokenizer.json",
+                   help="the HuggingFace tokenizer.json of a text model (MODEL: its file stem; without it, every "
+                   "text model's); the page then takes a sentence")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted, as a report",

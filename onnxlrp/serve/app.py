@@ -38,8 +38,8 @@ class RequestError(Exception):
         self.status = status
 
 
-def create_app(model_paths: list[str], max_upload: int = MAX_UPLOAD) -> FastAPI:
-    served = load_served(model_paths)
+def create_app(model_paths: list[str], max_upload: int = MAX_UPLOAD, tokenizers: dict | None = None) -> FastAPI:
+    served = load_served(model_paths, tokenizers)
     app = FastAPI(title="onnxlrp", description="Layer-wise Relevance Propagation for ONNX models: explain an "
                   "image with a served model.", version="1")
 
@@ -97,6 +97,8 @@ async def _read_request(request, served, max_upload: int):
         if not isinstance(fields, dict):
             raise RequestError(400, "the JSON body must be an object")
         model = _model(served, fields.get("model"))
+        if model.kind == "text":
+            return fields, _text(fields.get("text"))
         return fields, _array(fields.get("array"), model)
     if kind.startswith("multipart/form-data"):
         from starlette.datastructures import UploadFile
@@ -164,6 +166,14 @@ def _array(spec, model) -> np.ndarray:
     return array
 
 
+def _text(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError(422, "a text model takes 'text': a non-empty sentence")
+    if len(value) > 10000:
+        raise RequestError(413, "the text is over 10000 characters")
+    return value
+
+
 def _int(fields, key, default=None):
     value = fields.get(key, default)
     if value in (None, ""):
@@ -187,12 +197,14 @@ def _explain(served, fields: dict, sample: np.ndarray) -> dict:
     mode = fields.get("mode") or "logit"
     if mode not in MODES:
         raise RequestError(422, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    target, top_k = _int(fields, "target"), _int(fields, "top_k", 5)
+    target, top_k = _int(fields, "target"), _int(fields, "top_k", min(5, model.classes))
     if target is not None and not 0 <= target < model.classes:
         raise RequestError(422, f"target {target} out of range: model '{model.name}' has {model.classes} classes")
     if not 1 <= top_k <= model.classes:
         raise RequestError(422, f"top_k must be between 1 and {model.classes}")
     explainer = model.explainer(composite, params)
+    if model.kind == "text":
+        return _explain_text(model, explainer, sample, target, top_k, mode, composite, params)
     x = sample[None]
     scores = explainer.logits(x)[0]
     result = explainer.explain(x, target=target, mode=mode)
@@ -214,6 +226,26 @@ def _explain(served, fields: dict, sample: np.ndarray) -> dict:
         np.save(buffer, relevance)
         reply["relevance_npy"] = base64.b64encode(buffer.getvalue()).decode()
     return reply
+
+
+def _explain_text(model, explainer, text: str, target, top_k, mode, composite, params) -> dict:
+    """A sentence: its tokens with their relevance (a sequence output: the next token after it)."""
+    from ..text import encode
+    encoded = encode(model.tokenizer, text, explainer.compiled().inputs)
+    scores = explainer.logits(encoded.feeds)[0]
+    scores = scores[-1] if scores.ndim == 2 else scores        # an LM: the scores at the last position
+    result = explainer.explain(encoded.feeds, target=target, mode=mode)
+    explained = int(np.ravel(result.target)[0])
+    relevance = result.relevance[0]
+    probabilities = np.exp(scores - scores.max())
+    probabilities /= probabilities.sum()
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    label = model.tokenizer.id_to_token if scores.shape[0] > 100 else (lambda c: None)
+    return {"model": model.name, "composite": composite, "params": params, "mode": mode, "target": explained,
+            "scores": [{"class": int(c), "logit": float(scores[c]), "probability": float(probabilities[c]),
+                        "token": label(int(c))} for c in order],
+            "relevance": relevance_summary(relevance, float(scores[explained]) if mode == "logit" else None),
+            "tokens": [{"token": t, "relevance": float(r)} for t, r in zip(encoded.tokens, relevance)]}
 
 
 def _png_url(image) -> str:

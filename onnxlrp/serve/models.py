@@ -28,13 +28,19 @@ class ServedModel:
     input_name: str
     input_shape: list            # [batch, ...], None where free
     classes: int
-    transformer: bool            # the ViT-style models take the attn_lrp / cp_lrp composites
+    transformer: bool            # ViT-style and text models take the attn_lrp / cp_lrp composites
+    tokenizer: object = None     # text models: a tokenizers.Tokenizer
     _explainers: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def kind(self) -> str:
+        return "text" if self.tokenizer is not None else "image"
+
     def describe(self) -> dict:
-        return {"name": self.name, "input": {"name": self.input_name, "shape": self.input_shape,
-                                              "layout": "NHWC" if channels_last(self.input_shape) else "NCHW"},
+        layout = None if self.kind == "text" else ("NHWC" if channels_last(self.input_shape) else "NCHW")
+        return {"name": self.name, "kind": self.kind,
+                "input": {"name": self.input_name, "shape": self.input_shape, "layout": layout},
                 "classes": self.classes, "composites": self.composites(), "default_composite": self.composites()[0],
                 "modes": list(MODES)}
 
@@ -61,7 +67,9 @@ class ServedModel:
             return self._explainers[key]
 
 
-def load_served(paths: list[str]) -> dict[str, ServedModel]:
+def load_served(paths: list[str], tokenizers: dict[str, str] | None = None) -> dict[str, ServedModel]:
+    """tokenizers: model name (file stem) -> tokenizer.json, or "" -> one for every text model."""
+    tokenizers = tokenizers or {}
     served = {}
     for text in paths:
         path = Path(text)
@@ -69,17 +77,28 @@ def load_served(paths: list[str]) -> dict[str, ServedModel]:
         name = path.stem
         while name in served:
             name += "_"
-        transformer = _is_transformer(explainer)
+        takes_tokens = not any(v.type.tensor_type.elem_type == 1 for v in explainer.model.graph.input
+                               if v.name not in {t.name for t in explainer.model.graph.initializer})
+        transformer = takes_tokens or _is_transformer(explainer)
         compiled = (explainer.replace(composite="cp_lrp") if transformer else explainer).compiled()
         input_name = next(iter(compiled.relevance_outputs))
         value = next(v for v in explainer.model.graph.input if v.name == input_name)
         shape = [None] + [d.dim_value if d.HasField("dim_value") else None
                           for d in list(value.type.tensor_type.shape.dim)[1:]]
-        if len(shape) != 4 or not compiled.n_classes:
+        tokenizer = None
+        if takes_tokens:
+            source = tokenizers.get(name) or tokenizers.get("")
+            if not source:
+                raise OnnxLrpError(f"'{path}' takes token ids: give its tokenizer, --tokenizer {name}=tokenizer.json")
+            from ..text import load_tokenizer
+            tokenizer = load_tokenizer(source)
+        elif len(shape) != 4:
             raise OnnxLrpError(f"'{path}': onnxlrp serve explains image classifiers ([batch, C, H, W] or "
-                               f"[batch, H, W, C] input, [batch, classes] output); this one takes {shape}")
+                               f"[batch, H, W, C] input) and text models; this one takes {shape}")
+        if not compiled.n_classes:
+            raise OnnxLrpError(f"'{path}': its output is not [batch, classes] or [batch, seq, vocab] logits")
         served[name] = ServedModel(name=name, path=path, input_name=input_name, input_shape=shape,
-                                   classes=compiled.n_classes, transformer=transformer)
+                                   classes=compiled.n_classes, transformer=transformer, tokenizer=tokenizer)
     return served
 
 

@@ -90,3 +90,18 @@ def test_the_vit_and_a_bad_upload(browser, live_server, tmp_path):
     bad.write_text("not an image")
     browser.find_element(By.ID, "file").send_keys(str(bad))
     wait.until(lambda d: "not an image" in d.find_element(By.ID, "error").text)
+
+
+def test_a_text_model_takes_a_sentence(browser, live_server):
+    pytest.importorskip("tokenizers")
+    wait = WebDriverWait(browser, 60)
+    browser.get(live_server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == "digits_cnn")
+    browser.find_element(By.ID, "model").send_keys("sentiment")
+    wait.until(lambda d: d.find_element(By.ID, "sentence").is_displayed())
+    assert not browser.find_element(By.ID, "drop").is_displayed()
+    browser.find_element(By.ID, "sentence").send_keys("the film was a delight")
+    browser.find_element(By.ID, "explain").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#tokens span")) == 5)
+    assert browser.find_element(By.CSS_SELECTOR, "#tokens span").text == "the"
+    assert not browser.find_element(By.ID, "stack").is_displayed()

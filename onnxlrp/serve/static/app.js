@@ -11,13 +11,19 @@ async function api(path, options) {
   return body;
 }
 
+const isText = () => models[$("model").value].kind === "text";
+const ready = () => (isText() ? $("sentence").value.trim() !== "" : file !== null);
+
 function busy(on) {
   $("progress").hidden = !on;
-  for (const id of ["explain", "compare"]) $(id).disabled = on || !file;
+  for (const id of ["explain", "compare"]) $(id).disabled = on || !ready();
 }
 
 function showComposites() {
   const model = models[$("model").value];
+  $("drop").hidden = model.kind === "text";
+  $("text-input").hidden = model.kind !== "text";
+  busy(false);
   $("composite").innerHTML = "";
   for (const name of model.composites) $("composite").add(new Option(name.replaceAll("_", " "), name));
   showParams();
@@ -43,6 +49,14 @@ function params() {
   return values;
 }
 
+function request(composite, raw) {
+  if (!isText()) return { method: "POST", body: form(composite, raw) };
+  const body = { model: $("model").value, text: $("sentence").value, composite: composite || $("composite").value,
+                 params: composite ? {} : params(), mode: $("mode").value };
+  if (target !== null) body.target = target;
+  return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+}
+
 function form(composite, raw) {
   const data = new FormData();
   data.append("image", file);
@@ -56,10 +70,10 @@ function form(composite, raw) {
 }
 
 async function explain() {
-  if (!file) return;
+  if (!ready()) return;
   busy(true); $("error").textContent = "";
   try {
-    const reply = await api("/v1/explain", { method: "POST", body: form() });
+    const reply = await api("/v1/explain", request());
     lastReply = reply;
     show(reply);
   } catch (error) {
@@ -73,7 +87,8 @@ function show(reply) {
   for (const score of reply.scores) {
     const item = document.createElement("li");
     const button = document.createElement("button");
-    button.textContent = `class ${score.class}: ${(100 * score.probability).toFixed(1)} %  (logit ${score.logit.toFixed(2)})`;
+    const label = score.token ? `"${score.token}"` : `class ${score.class}`;
+    button.textContent = `${label}: ${(100 * score.probability).toFixed(1)} %  (logit ${score.logit.toFixed(2)})`;
     button.dataset.class = score.class;
     if (score.class === reply.target) button.classList.add("chosen");
     button.onclick = () => { target = score.class; explain(); };
@@ -81,14 +96,29 @@ function show(reply) {
     $("scores").appendChild(item);
   }
   $("explained").textContent = `class ${reply.target}`;
-  $("input").src = reply.input;
-  $("heatmap").src = reply.heatmap;
-  $("heatmap").style.opacity = $("opacity").value;
+  const text = Boolean(reply.tokens);
+  for (const id of ["stack", "opacity-label", "downloads"]) $(id).hidden = text;
+  $("tokens").hidden = !text;
+  if (text) {
+    const scale = Math.max(...reply.tokens.map((t) => Math.abs(t.relevance))) || 1;
+    $("tokens").innerHTML = "";
+    for (const t of reply.tokens) {
+      const span = document.createElement("span");
+      const a = Math.min(Math.abs(t.relevance) / scale, 1).toFixed(3);
+      span.style.background = t.relevance >= 0 ? `rgba(220, 40, 40, ${a})` : `rgba(40, 90, 220, ${a})`;
+      span.textContent = t.token; span.title = t.relevance.toPrecision(4);
+      $("tokens").append(span, " ");
+    }
+  } else {
+    $("input").src = reply.input;
+    $("heatmap").src = reply.heatmap;
+    $("heatmap").style.opacity = $("opacity").value;
+  }
   const r = reply.relevance;
   $("summary").textContent = `relevance sum ${r.sum.toFixed(4)} (positive ${r.positive.toFixed(4)}, negative ` +
     `${r.negative.toFixed(4)})` + (r.conservation !== null ? `; conservation: ${(100 * r.conservation).toFixed(1)} % ` +
     `of the explained logit ${r.explained_score.toFixed(4)}` : "");
-  $("download-png").href = reply.heatmap;
+  if (!text) $("download-png").href = reply.heatmap;
 }
 
 async function downloadNpy(event) {
@@ -109,9 +139,11 @@ async function compare() {
   $("grid").innerHTML = ""; $("comparison").hidden = false;
   try {
     for (const name of models[$("model").value].composites.slice(0, 5)) {
-      const reply = await api("/v1/explain", { method: "POST", body: form(name) });
+      const reply = await api("/v1/explain", request(name));
       const figure = document.createElement("figure");
-      figure.innerHTML = `<img alt="${name}" src="${reply.overlay}"><figcaption>${name.replaceAll("_", " ")}` +
+      const picture = reply.overlay ? `<img alt="${name}" src="${reply.overlay}">` :
+        `<p>${reply.tokens.map((t) => `${t.token} ${t.relevance.toFixed(2)}`).join("<br>")}</p>`;
+      figure.innerHTML = `${picture}<figcaption>${name.replaceAll("_", " ")}` +
         (reply.relevance.conservation !== null ? `<br>${(100 * reply.relevance.conservation).toFixed(0)} % conserved` : "") +
         `</figcaption>`;
       $("grid").appendChild(figure);
@@ -136,6 +168,7 @@ async function start() {
   $("model").onchange = () => { showComposites(); target = null; explain(); };
   $("composite").onchange = () => { showParams(); explain(); };
   $("mode").onchange = explain;
+  $("sentence").oninput = () => { target = null; busy(false); };
   $("file").onchange = (e) => choose(e.target.files[0]);
   $("explain").onclick = explain;
   $("compare").onclick = compare;
