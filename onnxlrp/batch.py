@@ -17,10 +17,10 @@ import numpy as np
 
 from .errors import OnnxLrpError
 from .files import save_atomic
-from .inputs import IMAGE_SUFFIXES, channels_last, load_input
+from .inputs import IMAGE_SUFFIXES, channels_last, csv_rows, load_input
 from .progress import progress_bar
 
-INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy", ".csv"}
 FAILURES_FILE = "failed.txt"
 
 
@@ -28,6 +28,7 @@ FAILURES_FILE = "failed.txt"
 class Item:
     path: Path      # the input file
     key: str        # its outputs' name under OUT, without suffix: "cats/001" -> OUT/cats/001.heatmap.png
+    row: int | None = None   # a row of a CSV file of samples
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Settings:
     std: list | None = None
     pictures: bool = True            # heatmap and overlay PNGs beside the .npy
     selection: dict = field(default_factory=dict)   # region / mask / box / direction (onnxlrp.selections)
+    feature_names: list | None = None   # 1-D inputs: the names on the per-feature bar chart
 
 
 @dataclass
@@ -87,7 +89,15 @@ def find_inputs(specs: list[str]) -> tuple[list[Item], list[tuple[str, str]]]:
         if key in keys:            # photo.png beside photo.npy: keep the suffix in the name
             key = relative.as_posix()
         keys.add(key)
-        items.append(Item(path, key))
+        if path.suffix.lower() == ".csv":   # one item per row: <name>.row<k>
+            try:
+                _, rows = csv_rows(path)
+            except OnnxLrpError as exc:
+                problems.append((str(path), str(exc)))
+                continue
+            items += [Item(path, f"{key}.row{k}", row=k) for k in range(len(rows))]
+        else:
+            items.append(Item(path, key))
     return items, problems
 
 
@@ -117,7 +127,8 @@ def explain_items(explainer, items: list[Item], settings: Settings, writer: Exec
     results, loaded = [], []
     for item in items:
         try:
-            loaded.append((item, load_input(item.path, settings.shape, mean=settings.mean, std=settings.std)))
+            loaded.append((item, load_input(item.path, settings.shape, mean=settings.mean, std=settings.std,
+                                            row=item.row)))
         except OnnxLrpError as exc:
             results.append(_done(Outcome(item, str(exc))))
     if not loaded:
@@ -163,7 +174,7 @@ def write_explanation(result, i: int, item: Item, settings: Settings, sample) ->
     with several targets (top-k) one set per class, <key>.class<c>.*, a grid <key>.targets.png of the
     overlays, and <key>.targets.json last. Returns what was explained, in words."""
     from .heatmap import save_array, save_heatmap
-    from .pictures import grid, overlay, save_image
+    from .pictures import feature_bars, grid, overlay, save_image
 
     out, primary = settings.out, settings.primary
     channel_axis = -1 if channels_last(settings.shape) else 0
@@ -179,6 +190,9 @@ def write_explanation(result, i: int, item: Item, settings: Settings, sample) ->
         if settings.pictures and np.ndim(sample) == 3:
             tiles.append(overlay(relevance, sample, channel_axis))
             save_image(tiles[-1], out / f"{stem}.overlay.png")
+        if settings.pictures and np.ndim(relevance) == 1:
+            names = settings.feature_names or (csv_rows(item.path)[0] if item.path.suffix.lower() == ".csv" else None)
+            save_image(feature_bars(relevance, names, sample), out / f"{stem}.features.png")
         for name, other in result.relevances.items():
             if name != primary:
                 save_array(other[i, j] if several else other[i], out / f"{stem}.relevance.{_safe(name)}.npy")

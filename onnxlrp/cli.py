@@ -166,7 +166,8 @@ def cmd_explain(args) -> int:
     settings = Settings(out=Path(args.out), shape=_shape(compiled, primary), primary=primary,
                         fixed=_fed_inputs(args.feed, compiled, primary), target=args.target,
                         top_k=args.top_k, mode=args.mode, mean=args.mean, std=args.std,
-                        pictures=not args.no_pictures, selection=selection)
+                        pictures=not args.no_pictures, selection=selection,
+                        feature_names=_feature_names(args.feature_names, explainer.model))
     items, problems = find_inputs(args.inputs)
     for spec, reason in problems:
         print(f"error: {spec}: {reason}", file=sys.stderr)
@@ -264,6 +265,16 @@ def cmd_serve(args) -> int:
     print(f"serving {', '.join(app.state.served)} at http://{args.host}:{args.port}/ (API docs: /docs; Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _feature_names(spec: str | None, model) -> list[str] | None:
+    if spec:
+        path = Path(spec)
+        if path.is_file():
+            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [name.strip() for name in spec.split(",")]
+    stored = next((e.value for e in model.metadata_props if e.key == "feature_names"), None)
+    return [name.strip() for name in stored.split(",")] if stored else None
 
 
 def _int_list(text: str) -> list[int]:
@@ -496,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--direction", default=None, metavar="FILE.npy",
                        help="an embedding or regression output along this vector (R = z * r: with another input's "
                        "embedding, why the two are close)")
+    group.add_argument("--feature-names", default=None, metavar="A,B,C|FILE",
+                       help="names of a 1-D input's features for the per-feature bar chart (<name>.features.png): "
+                       "comma-separated, or a file with one a line (default: the model's feature_names metadata, "
+                       "or a CSV file's header)")
     group.add_argument("--layout", default=None, choices=["NCHW", "NHWC", "boxes_first", "attributes_first"],
                        help="the output's layout for --region/--mask (NCHW, NHWC) or --box (default: from its shape)")
     group = p.add_argument_group("text models (needs pip install 'onnxlrp[text]'; e.g. --composite attn_lrp)")

@@ -53,6 +53,7 @@ class CompiledExplainer:
     layer_relevance_outputs: list[str] = field(default_factory=list)  # output, layers top-down, inputs
     condition_inputs: dict[str, str] = field(default_factory=dict)    # layer name -> its mask input (CRP)
     concept_outputs: dict[str, tuple] = field(default_factory=dict)   # layer name -> (per-channel R, sum |R|)
+    score_output: str | None = None   # the explained value per sample, where the model has no classes (OC-SVM)
     start_shape: tuple = ()        # the explained tensor's shape without the batch axis ((n_classes,) for logits)
     position_input: str | None = None   # sequence outputs (transformer composites): the position explained
     position_output: str | None = None
@@ -150,6 +151,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
                                           layer_relevances=layer_relevances, conditions=conditions,
                                           concepts=concepts)
     proto = load_model(model, check=not isinstance(model, onnx.ModelProto))   # a proto: checked by its caller
+    from .oneclass import compile_oneclass_explainer, find_one_class_svm
+    if find_one_class_svm(proto) is not None:   # a one-class SVM: OC-DTD (onnxlrp/oneclass.py)
+        return compile_oneclass_explainer(proto, mode)
     canonical: CanonicalModel = canonicalize(proto, output)
     _refuse_control_flow(canonical.model)
     _name_nodes(canonical.model)

@@ -7,6 +7,7 @@ the model expects (channels first, NCHW, unless the model's input ends in 1 or 3
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,45 @@ def channels_last(shape) -> bool:
     return len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4)
 
 
-def load_input(path: str | Path, shape, mean=None, std=None) -> np.ndarray:
-    """One sample (without batch axis) as float32, shaped like `shape[1:]`."""
+def csv_rows(path: str | Path) -> tuple[list[str] | None, np.ndarray]:
+    """A CSV file of samples, one a row: (its header's column names or None, the rows as float32)."""
     path = Path(path)
+    status = path.stat()
+    return _csv_rows(str(path), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _csv_rows(path: str, mtime: int, size: int):
+    try:
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read '{path}' as a CSV file ({exc})") from None
+    if not lines:
+        raise InputError(f"'{path}' is empty")
+    header = None
+    try:
+        [float(v) for v in lines[0].split(",")]
+    except ValueError:
+        header, lines = [v.strip() for v in lines[0].split(",")], lines[1:]
+    try:
+        rows = np.asarray([[float(v) for v in line.split(",")] for line in lines], dtype=np.float32)
+    except ValueError:
+        raise InputError(f"'{path}': every row after the header must be numbers separated by commas") from None
+    if rows.ndim != 2 or not len(rows):
+        raise InputError(f"'{path}' holds no rows of numbers (or rows of different lengths)")
+    return header, rows
+
+
+def load_input(path: str | Path, shape, mean=None, std=None, row: int | None = None) -> np.ndarray:
+    """One sample (without batch axis) as float32, shaped like `shape[1:]` (row: of a CSV file)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        _, rows = csv_rows(path)
+        sample = rows[row or 0]
+        expected = tuple(shape[1:])
+        if sample.shape != expected and not any(not isinstance(d, int) for d in expected):
+            raise InputError(f"'{path}' row {row or 0} has {sample.size} values; the model expects {expected}")
+        return sample
     if path.suffix.lower() == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
@@ -40,7 +77,7 @@ def load_input(path: str | Path, shape, mean=None, std=None) -> np.ndarray:
         return array
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return _load_image(path, shape, mean, std)
-    raise InputError(f"'{path}': give images ({', '.join(sorted(IMAGE_SUFFIXES))}) or .npy arrays")
+    raise InputError(f"'{path}': give images ({', '.join(sorted(IMAGE_SUFFIXES))}), .npy arrays or CSV rows")
 
 
 def _load_image(path: Path, shape, mean, std) -> np.ndarray:

@@ -32,8 +32,9 @@ class Report:
 def inspect_model(model, composite=None, output=None, inputs=None) -> Report:
     composite = composites_module.get(composite)
     proto = load_model(model)
-    if getattr(composite, "gradient_form", False):
-        return _inspect_gradient_form(proto, composite, output, inputs)
+    from .oneclass import find_one_class_svm
+    if getattr(composite, "gradient_form", False) or find_one_class_svm(proto) is not None:
+        return _inspect_compiled(proto, composite, output, inputs)
     canonical = canonicalize(proto, output)
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)
@@ -64,9 +65,9 @@ def inspect_model(model, composite=None, output=None, inputs=None) -> Report:
     return Report(rows=rows, logits=canonical.logits, problems=problems)
 
 
-def _inspect_gradient_form(proto, composite, output, inputs) -> Report:
+def _inspect_compiled(proto, composite, output, inputs) -> Report:
     """AttnLRP / CP-LRP: every node of a kind with a rule (dense, conv, softmax, bilinear, gate, nonlinear,
-    norm); the other nodes on the way pass their plain gradient."""
+    norm), the other nodes on the way passing their plain gradient; a one-class SVM: its OC-DTD."""
     try:
         compiled = compile_explainer(proto, composite=composite, output=output, inputs=inputs)
     except OnnxLrpError as exc:

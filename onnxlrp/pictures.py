@@ -119,3 +119,28 @@ def _finish(plt, fig, ax, path, ylabel: str, title: str) -> bool:
     save_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return True
+
+
+def feature_bars(relevance: np.ndarray, names: list[str] | None = None, values: np.ndarray | None = None,
+                 width: int = 560) -> Image.Image:
+    """Each feature's relevance as a horizontal bar, red for, blue against, with its name and value."""
+    relevance = np.asarray(relevance, dtype=np.float64).ravel()
+    names = list(names) if names is not None and len(names) == relevance.size else \
+        [f"feature {i}" for i in range(relevance.size)]
+    row, left = 18, 8 + 7 * max(len(n) for n in names) + (60 if values is not None else 0)
+    sheet = Image.new("RGB", (width, row * relevance.size + 24), "white")
+    draw = ImageDraw.Draw(sheet)
+    scale = float(np.max(np.abs(relevance))) or 1.0
+    middle = left + (width - left - 70) // 2
+    half = (width - left - 70) // 2
+    draw.line([(middle, 4), (middle, row * relevance.size + 4)], fill="#999")
+    for i, (name, r) in enumerate(zip(names, relevance)):
+        y = 6 + i * row
+        label = name if values is None else f"{name} = {float(np.ravel(values)[i]):.3g}"
+        draw.text((4, y), label, fill="black")
+        length = int(half * abs(r) / scale)
+        box = [middle, y, middle + length, y + row - 6] if r >= 0 else [middle - length, y, middle, y + row - 6]
+        draw.rectangle(box, fill=(200, 40, 40) if r >= 0 else (40, 90, 200))
+        draw.text((middle + half + 6, y), f"{r:+.3g}", fill="black")
+    draw.text((4, row * relevance.size + 8), "relevance per feature (red: for the explained score)", fill="#555")
+    return sheet

@@ -35,6 +35,7 @@ class Explanation:
     layer_relevances: dict[str, np.ndarray] = field(default_factory=dict)  # whole tensors, when asked for
     position: np.ndarray | None = None    # sequence outputs: the position explained, per sample
     concept_relevance: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> [batch, channels], CRP
+    score: np.ndarray | None = None       # the explained value per sample where there are no classes (OC-SVM)
 
     # With several targets per sample (top_k, or a [batch, k] target) every per-sample array above has
     # a second axis of length k after the batch axis: relevance[i, j] explains target[i, j].
@@ -240,8 +241,10 @@ class Explainer:
                 raise InputError(f"output_relevance has shape {start.shape}; expected "
                                  f"{tuple('any' if e is None else e for e in expected)}")
             feeds[compiled.custom_input] = start
-        else:
+        elif compiled.target_input is not None:
             feeds[compiled.target_input] = _targets(target, n, compiled.n_classes)
+        elif target is not None:
+            raise InputError("this model explains one score (a one-class SVM's outlier score): give no target")
         if compiled.position_input:
             length = feeds[next(iter(compiled.relevance_outputs))].shape[1]   # the token ids' sequence
             feeds[compiled.position_input] = _positions(position, n, length)
@@ -270,6 +273,7 @@ class Explainer:
             position=merged[compiled.position_output] if compiled.position_output else None,
             concept_relevance={layer: merged[sums] / (merged[absolute][:, None] + 1e-10)   # zennit-crp's abs_norm
                                for layer, (sums, absolute) in compiled.concept_outputs.items()},
+            score=merged[compiled.score_output] if compiled.score_output else None,
         )
 
     def _explain_concepts(self, x, conditions: list[dict], target, mode, output_relevance, batch_size, position,

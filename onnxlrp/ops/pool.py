@@ -114,3 +114,45 @@ def global_average_pool(ctx: NodeContext):
     b = ctx.b
     s = b.divide(ctx.R(), ctx.y(), eps)
     return [b.op("Mul", [ctx.x(), b.op("Div", [s, b.scalar(float(count))])])]
+
+
+@register("LpPool")
+def lp_pool(ctx: NodeContext):
+    """deep Taylor: sum pooling of |x| with the ratio of norms held constant (weights 1)"""
+    eps = ctx.norm_stabilizer()
+    if eps is None:
+        return [ctx.R()]
+    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise UnsupportedOpError("LpPool", ctx.name, "auto_pad SAME_* is not supported; export with explicit pads")
+    x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
+    kernel = list(ctx.attr("kernel_shape"))
+    nd = len(kernel)
+    strides = list(ctx.attr("strides", [1] * nd))
+    dilations = list(ctx.attr("dilations", [1] * nd))
+    pads = list(ctx.attr("pads", [0] * (2 * nd)))
+    channels = x_shape[1]
+    b = ctx.b
+    magnitude = b.op("Abs", [ctx.x()])
+    ones = b.const(np.ones([channels, 1] + kernel, dtype=np.float32), hint="ones_kernel")
+    sums = b.op("Conv", [magnitude, ones], kernel_shape=kernel, strides=strides, dilations=dilations, pads=pads,
+                group=channels)
+    # the window sums have the pool's own output shape (a ceil-mode pool has no more windows here)
+    sums = b.op("Slice", [sums, b.ints([0] * nd), b.ints(list(y_shape[2:])), b.ints(list(range(2, 2 + nd)))])
+    s = b.divide(ctx.R(), sums, eps)
+    t_pads, output_padding = transpose_geometry(x_shape[2:], y_shape[2:], kernel, strides, dilations, pads)
+    back = b.op("ConvTranspose", [s, ones], kernel_shape=kernel, strides=strides, dilations=dilations, pads=t_pads,
+                group=channels, output_padding=output_padding)
+    return [b.op("Mul", [magnitude, back])]
+
+
+@register("GlobalLpPool")
+def global_lp_pool(ctx: NodeContext):
+    """deep Taylor: sum pooling of |x| with the ratio of norms held constant (weights 1)"""
+    eps = ctx.norm_stabilizer()
+    if eps is None:
+        return [ctx.R()]
+    rank = len(ctx.static_shape(ctx.x()))
+    b = ctx.b
+    magnitude = b.op("Abs", [ctx.x()])
+    sums = b.op("ReduceSum", [magnitude, b.ints(list(range(2, rank)))], keepdims=1)
+    return [b.op("Mul", [magnitude, b.divide(ctx.R(), sums, eps)])]
