@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import copy
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-try:
-    import importlib.util
-    if importlib.util.find_spec("torchvision") is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent / "zennit_stub"))
-    import zennit.composites as zc
-    from zennit.attribution import Gradient
-except Exception as exc:  # pragma: no cover - depends on the environment
-    pytest.skip(f"zennit is not importable: {exc}", allow_module_level=True)
+parity = pytest.importorskip("test_zennit_parity")   # skips without zennit; puts the torchvision stand-in in place
+zc, Gradient = parity.zc, parity.Gradient
 
 import onnx  # noqa: E402
 

@@ -4,48 +4,27 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from onnxlrp import Explainer
 from onnxlrp.cli import main
 
 tokenizers = pytest.importorskip("tokenizers")
+from text_model import WORDS, write_text_model  # noqa: E402
 
-WORDS = ["[UNK]", "the", "film", "was", "a", "delight", "dull", "plot"]
+@pytest.fixture
+def written(tmp_path):
+    return write_text_model(tmp_path)
 
 
 @pytest.fixture
-def tokenizer_file(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    path = tmp_path / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
+def tokenizer_file(written):
+    return written[1]
 
 
 @pytest.fixture
-def text_model(tmp_path, rng):
-    """Embeddings, a masked mean over tokens, a dense layer: [batch, 2] logits."""
-    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
-    g (int64[N, S] input_ids, int64[N, S] attention_mask) => (float[N, 2] logits) {
-        e = Gather(table, input_ids)
-        m = Cast<to = 1>(attention_mask)
-        mu = Unsqueeze(m, minus_one)
-        masked = Mul(e, mu)
-        total = ReduceSum<keepdims = 0>(masked, one)
-        h = Tanh(total)
-        logits = MatMul(h, w)
-    }""")
-    for name, value in {"table": rng.normal(size=(len(WORDS), 4)).astype(np.float32),
-                        "w": rng.normal(size=(4, 2)).astype(np.float32),
-                        "minus_one": np.array([-1], np.int64), "one": np.array([1], np.int64)}.items():
-        model.graph.initializer.append(numpy_helper.from_array(value, name))
-    path = tmp_path / "text.onnx"
-    onnx.save(model, path)
-    return path
+def text_model(written):
+    return written[0]
 
 
 def test_explain_text_writes_tokens_html_json_and_npy(text_model, tokenizer_file, tmp_path):

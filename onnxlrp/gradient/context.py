@@ -8,15 +8,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..graph import ForwardGraph
-from ..ops.context import Builder
+from ..ops.context import Builder, NodeAttributes
 from .patterns import Analysis
 
 
 @dataclass
-class GradContext:
+class GradContext(NodeAttributes):
     node: onnx.NodeProto
     graph: ForwardGraph
     b: Builder
@@ -66,21 +65,6 @@ class GradContext:
     def rank(self, name: str) -> int | None:
         shape = self.graph.shape(name)
         return None if shape is None else len(shape)
-
-    def attr(self, key: str, default=None):
-        for attribute in self.node.attribute:
-            if attribute.name == key:
-                value = helper.get_attribute_value(attribute)
-                return value.decode() if isinstance(value, bytes) else value
-        return default
-
-    def ensure_output(self, j: int, hint: str) -> str:
-        """Make the forward node produce its optional output j (e.g. LayerNormalization's InvStdDev)."""
-        while len(self.node.output) <= j:
-            self.node.output.append("")
-        if not self.node.output[j]:
-            self.node.output[j] = f"lrp/{self.node.name}/{hint}"
-        return self.node.output[j]
 
     def unbroadcast(self, gradient: str, i: int) -> str:
         """The gradient of the broadcast result summed back to the shape of input i (numpy broadcasting).

@@ -119,8 +119,29 @@ class Builder:
         return reduced
 
 
+class NodeAttributes:
+    """What both handler contexts (relevance and gradient form) read off their forward `node`."""
+
+    node: onnx.NodeProto
+
+    def attr(self, key: str, default=None):
+        for attribute in self.node.attribute:
+            if attribute.name == key:
+                value = helper.get_attribute_value(attribute)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    def ensure_output(self, j: int, hint: str) -> str:
+        """Make the forward node produce its optional output j (e.g. MaxPool's indices) and name it."""
+        while len(self.node.output) <= j:
+            self.node.output.append("")
+        if not self.node.output[j]:
+            self.node.output[j] = f"lrp/{self.node.name}/{hint}"
+        return self.node.output[j]
+
+
 @dataclass
-class NodeContext:
+class NodeContext(NodeAttributes):
     node: onnx.NodeProto          # the forward node as it goes into the explainer (a handler may add outputs)
     graph: ForwardGraph
     b: Builder
@@ -184,18 +205,3 @@ class NodeContext:
         if isinstance(self.rule, Pass):
             return None
         return self.rule.stabilizer if isinstance(self.rule, Norm) else DEFAULT_STABILIZER
-
-    def attr(self, key: str, default=None):
-        for attribute in self.node.attribute:
-            if attribute.name == key:
-                value = helper.get_attribute_value(attribute)
-                return value.decode() if isinstance(value, bytes) else value
-        return default
-
-    def ensure_output(self, j: int, hint: str) -> str:
-        """Make the forward node produce its optional output j (e.g. MaxPool's indices) and name it."""
-        while len(self.node.output) <= j:
-            self.node.output.append("")
-        if not self.node.output[j]:
-            self.node.output[j] = f"lrp/{self.node.name}/{hint}"
-        return self.node.output[j]

@@ -67,11 +67,8 @@ def average_pool(ctx: NodeContext):
     if eps is None:
         return [ctx.R()]
     x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
-    kernel = list(ctx.attr("kernel_shape"))
+    kernel, strides, dilations, pads = _window_geometry(ctx)
     nd = len(kernel)
-    strides = list(ctx.attr("strides", [1] * nd))
-    dilations = list(ctx.attr("dilations", [1] * nd))
-    pads = list(ctx.attr("pads", [0] * (2 * nd)))
     channels = x_shape[1]
     divisor_weight = _inverse_divisors(ctx, x_shape, y_shape, kernel, strides, dilations, pads)
     t_pads, output_padding = transpose_geometry(x_shape[2:], y_shape[2:], kernel, strides, dilations, pads)
@@ -82,6 +79,14 @@ def average_pool(ctx: NodeContext):
     back = b.op("ConvTranspose", [s, ones], kernel_shape=kernel, strides=strides, dilations=dilations, pads=t_pads,
                 group=channels, output_padding=output_padding)
     return [b.op("Mul", [ctx.x(), back])]
+
+
+def _window_geometry(ctx: NodeContext):
+    """kernel, strides, dilations, pads of a pooling node."""
+    kernel = list(ctx.attr("kernel_shape"))
+    nd = len(kernel)
+    return (kernel, list(ctx.attr("strides", [1] * nd)), list(ctx.attr("dilations", [1] * nd)),
+            list(ctx.attr("pads", [0] * (2 * nd))))
 
 
 def _inverse_divisors(ctx, x_shape, y_shape, kernel, strides, dilations, pads):
@@ -125,11 +130,8 @@ def lp_pool(ctx: NodeContext):
     if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise UnsupportedOpError("LpPool", ctx.name, "auto_pad SAME_* is not supported; export with explicit pads")
     x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
-    kernel = list(ctx.attr("kernel_shape"))
+    kernel, strides, dilations, pads = _window_geometry(ctx)
     nd = len(kernel)
-    strides = list(ctx.attr("strides", [1] * nd))
-    dilations = list(ctx.attr("dilations", [1] * nd))
-    pads = list(ctx.attr("pads", [0] * (2 * nd)))
     channels = x_shape[1]
     b = ctx.b
     magnitude = b.op("Abs", [ctx.x()])
