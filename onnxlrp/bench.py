@@ -114,7 +114,7 @@ def _peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite, queue) -> None:
+def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite, queue, feeds=None) -> None:
     baseline = _peak_rss_mb()
     if kind == "compile":
         from .compiler import compile_explainer
@@ -122,19 +122,20 @@ def _peak_child(kind: str, model_path: str, batch: int, threads: int, composite,
     else:   # one session of the model at model_path (the original, or a compiled explainer), run as a
         # server runs it: again and again (onnxruntime's arena and planners settle by the second call)
         session = ort.InferenceSession(model_path, default_session_options(threads), providers=["CPUExecutionProvider"])
-        feeds = sample_feeds(session, batch)
+        feeds = feeds if feeds is not None else sample_feeds(session, batch)
         for _ in range(STEADY_CALLS):
             session.run(None, feeds)
     queue.put(_peak_rss_mb() - baseline)
 
 
-def peak_memory_mb(kind: str, model_path: str, batch: int = 1, threads: int = 1, composite=None) -> float:
+def peak_memory_mb(kind: str, model_path: str, batch: int = 1, threads: int = 1, composite=None,
+                   feeds: dict | None = None) -> float:
     """Peak resident memory (MB) added, in a fresh process, by kind "session" (building a session of the
-    model at model_path and running it STEADY_CALLS times) or "compile" (compiling its explainer with
-    `composite`)."""
+    model at model_path and running it STEADY_CALLS times, on `feeds` or noise) or "compile" (compiling
+    its explainer with `composite`)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_peak_child, args=(kind, model_path, batch, threads, composite, queue))
+    child = context.Process(target=_peak_child, args=(kind, model_path, batch, threads, composite, queue, feeds))
     child.start()
     value = queue.get(timeout=1800)
     child.join()

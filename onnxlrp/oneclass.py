@@ -154,7 +154,7 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
     g.op("Reshape", [score, g.const([-1], np.int64)], output=OUTLIER_OUTPUT)
     g.op("Identity", [relevance], output=f"relevance_{source}")
     after = [n for n in model.graph.node if n is not svm and n is not scaler]
-    nodes = g.nodes + [n for n in after]
+    nodes = g.nodes + after
     outputs = list(model.graph.output) + [
         helper.make_tensor_value_info(OUTLIER_OUTPUT, TensorProto.FLOAT, ["batch"]),
         helper.make_tensor_value_info(f"relevance_{source}", TensorProto.FLOAT, ["batch", width])]

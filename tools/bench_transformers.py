@@ -15,8 +15,6 @@ builds the session and runs it three times (VmHWM added).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import statistics
 import sys
 import time
 import warnings
@@ -114,25 +112,11 @@ def lxt_case(kind: str, cache: Path, variant: str, batch: int, threads: int, wei
     return bench.Case(f"LXT {variant}", run)
 
 
-def _peak_child(path: str, kind: str, batch: int, threads: int, explainer: bool, queue) -> None:
-    baseline = bench._peak_rss_mb()
-    session = new_session(path, default_session_options(threads), ["CPUExecutionProvider"])
+def peak_mb(path: str, kind: str, batch: int, threads: int, explainer: bool) -> float:
     feeds = feeds_for(kind, batch)
     if explainer:
         feeds["target"] = np.full(batch, -1, np.int64)
-    for _ in range(3):
-        session.run(None, feeds)
-    queue.put(bench._peak_rss_mb() - baseline)
-
-
-def peak_mb(path: str, kind: str, batch: int, threads: int, explainer: bool) -> float:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_peak_child, args=(path, kind, batch, threads, explainer, queue))
-    child.start()
-    value = queue.get(timeout=1800)
-    child.join()
-    return value
+    return bench.peak_memory_mb("session", path, batch, threads, feeds=feeds)
 
 
 def main(argv=None) -> int:

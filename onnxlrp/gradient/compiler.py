@@ -73,7 +73,7 @@ def _default_inputs(fwd: ForwardGraph) -> list[str]:
 
 def compile_gradient_explainer(model, composite, mode: str = "logit", output=None, inputs=None,
                                layer_relevances: bool = False, conditions=None, concepts=None):
-    from ..compiler import CompiledExplainer, _explainer_model, _name_nodes, _refuse_control_flow, \
+    from ..compiler import CompiledExplainer, _copy, _explainer_model, _gather, _name_nodes, _refuse_control_flow, \
         _with_dynamic_batch, _write_metadata, LAYER_RELEVANCE_PREFIX
 
     proto = defuse_contrib_ops(load_model(model, check=not isinstance(model, onnx.ModelProto)))
@@ -147,7 +147,7 @@ def compile_gradient_explainer(model, composite, mode: str = "logit", output=Non
                 relevance = b.op("Reshape", [relevance, b.op("Shape", [name])])
             parts.append(relevance)
         out_name = f"relevance_{name}"
-        b.nodes.append(helper.make_node("Identity", [_sum(b, parts)], [out_name], name=f"lrp/output/{out_name}"))
+        b.nodes.append(helper.make_node("Identity", [b.add_all(parts)], [out_name], name=f"lrp/output/{out_name}"))
         dims = [BATCH_DIM] + [d if d is not None else f"{name}_dim{k + 1}" for k, d in enumerate(fwd.shape(name)[1:])] \
             if fwd.shape(name) is not None else None
         graph_outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, dims))
@@ -180,22 +180,3 @@ def _refuse_other_domains(model: onnx.ModelProto) -> None:
             raise UnsupportedOpError(node.op_type, node.name or "?", f"an op of domain '{node.domain}' that onnxlrp "
                                      "cannot de-fuse into standard ops; export the model without it (for "
                                      "onnxruntime's transformer optimizer: the unoptimised model)")
-
-
-def _gather(b: Builder, parts, scope: str):
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    b.set_scope(f"{scope}/fanout")
-    return b.op("Sum", parts)
-
-
-def _sum(b: Builder, parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else b.op("Sum", parts)
-
-
-def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    return copy

@@ -26,18 +26,8 @@ class GradContext(NodeAttributes):
     extra: dict = field(default_factory=dict)
 
     @property
-    def name(self) -> str:
-        return self.node.name
-
-    @property
     def op(self) -> str:
         return self.node.op_type
-
-    def x(self, i: int = 0) -> str:
-        return self.node.input[i]
-
-    def y(self, j: int = 0) -> str:
-        return self.node.output[j]
 
     def g(self, j: int = 0) -> str | None:
         return self.g_out[j]

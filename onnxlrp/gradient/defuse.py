@@ -146,11 +146,11 @@ def _heads(e: _Emitter, x: str, heads: int) -> str:
     return e.op("Transpose", [split], perm=[0, 2, 1, 3])
 
 
-def _attend(e: _Emitter, q: str, k: str, v: str, heads: int, head_size: int, scale: float | None,
-            additive: list[str], output: str) -> None:
+def _attend(e: _Emitter, q: str, k: str, v: str, heads: int, scale: str, additive: list[str], output: str) -> None:
+    """softmax(Q K^T * scale + masks) V per head, heads merged back; scale a tensor name."""
     qh, kh, vh = _heads(e, q, heads), _heads(e, k, heads), _heads(e, v, heads)
     scores = e.op("MatMul", [qh, e.op("Transpose", [kh], perm=[0, 1, 3, 2])])
-    scores = e.op("Mul", [scores, e.const(scale if scale else 1.0 / math.sqrt(head_size))])
+    scores = e.op("Mul", [scores, scale])
     for mask in additive:
         scores = e.op("Add", [scores, mask])
     probs = e.op("Softmax", [scores], axis=-1)
@@ -189,10 +189,10 @@ def _attention(e: _Emitter, node, ranks: dict, consts: dict) -> None:
     if past or attrs.get("past_present_share_buffer", 0) or any(node.output[1:]):
         raise _refuse(node, "Attention with past key/values (a decoding cache)")
     heads = int(attrs["num_heads"])
-    w = consts.get(weights)
-    if w is None:
+    dims = consts.get(weights)
+    if dims is None:
         raise _refuse(node, "Attention with computed weights")
-    sizes = list(attrs.get("qkv_hidden_sizes", [w.shape[1] // 3] * 3))
+    sizes = list(attrs.get("qkv_hidden_sizes", [dims[1] // 3] * 3))
     filter_value = float(attrs.get("mask_filter_value", -10000.0))
     qkv = e.op("MatMul", [x, weights])
     if bias:
@@ -210,7 +210,8 @@ def _attention(e: _Emitter, node, ranks: dict, consts: dict) -> None:
         additive.append(_causal_mask(e, x, filter_value))
     if attention_bias:
         additive.append(attention_bias)
-    _attend(e, q, k, v, heads, sizes[0] // heads, attrs.get("scale"), additive, node.output[0])
+    scale = attrs.get("scale") or 1.0 / math.sqrt(sizes[0] // heads)
+    _attend(e, q, k, v, heads, e.const(scale), additive, node.output[0])
 
 
 def _multi_head_attention(e: _Emitter, node, ranks: dict) -> None:
@@ -233,21 +234,12 @@ def _multi_head_attention(e: _Emitter, node, ranks: dict) -> None:
         additive.append(_causal_mask(e, query, filter_value))
     if attention_bias:
         additive.append(attention_bias)
-    head_size = None
-    _attend(e, query, key, value, heads, head_size or 1, attrs.get("scale"), additive, node.output[0]) \
-        if attrs.get("scale") else _attend_scaled_by_shape(e, node, query, key, value, heads, additive)
-
-
-def _attend_scaled_by_shape(e: _Emitter, node, query, key, value, heads, additive) -> None:
-    """MultiHeadAttention without a scale: 1/sqrt(head size), the head size read from the query's shape."""
-    hidden = e.op("Cast", [e.op("Shape", [query], start=2, end=3)], to=TensorProto.FLOAT)
-    scale = e.op("Div", [e.const([1.0]), e.op("Sqrt", [e.op("Div", [hidden, e.const([float(heads)])])])])
-    qh, kh, vh = _heads(e, query, heads), _heads(e, key, heads), _heads(e, value, heads)
-    scores = e.op("Mul", [e.op("MatMul", [qh, e.op("Transpose", [kh], perm=[0, 1, 3, 2])]), scale])
-    for mask in additive:
-        scores = e.op("Add", [scores, mask])
-    context = e.op("Transpose", [e.op("MatMul", [e.op("Softmax", [scores], axis=-1), vh])], perm=[0, 2, 1, 3])
-    e.op("Reshape", [context, e.const([0, 0, -1], np.int64)], node.output[0])
+    if attrs.get("scale"):
+        scale = e.const(attrs["scale"])
+    else:   # 1 / sqrt(head size), the head size read from the query's shape
+        hidden = e.op("Cast", [e.op("Shape", [query], start=2, end=3)], to=TensorProto.FLOAT)
+        scale = e.op("Div", [e.const([1.0]), e.op("Sqrt", [e.op("Div", [hidden, e.const([float(heads)])])])])
+    _attend(e, query, key, value, heads, scale, additive, node.output[0])
 
 
 def _embed_layer_norm(e: _Emitter, node) -> None:
@@ -283,6 +275,23 @@ def _refuse(node, what: str):
                                  "optimizer")
 
 
+# op type -> what it becomes: each takes (emitter, node, ranks, constants)
+DEFUSERS = {
+    "SkipLayerNormalization": lambda e, n, ranks, consts: _skip_layer_norm(e, n, simplified=False),
+    "SkipSimplifiedLayerNormalization": lambda e, n, ranks, consts: _skip_layer_norm(e, n, simplified=True),
+    "SimplifiedLayerNormalization": lambda e, n, ranks, consts: _simplified_layer_norm(e, n),
+    "LayerNormalization": lambda e, n, ranks, consts: _layer_norm(e, n),
+    "BiasGelu": lambda e, n, ranks, consts: _gelu(e, n, tanh=False),
+    "Gelu": lambda e, n, ranks, consts: _gelu(e, n, tanh=False),
+    "FastGelu": lambda e, n, ranks, consts: _gelu(e, n, tanh=True),
+    "QuickGelu": lambda e, n, ranks, consts: _quick_gelu(e, n),
+    "FusedMatMul": lambda e, n, ranks, consts: _fused_matmul(e, n, ranks),
+    "Attention": lambda e, n, ranks, consts: _attention(e, n, ranks, consts),
+    "MultiHeadAttention": lambda e, n, ranks, consts: _multi_head_attention(e, n, ranks),
+    "EmbedLayerNormalization": lambda e, n, ranks, consts: _embed_layer_norm(e, n),
+}
+
+
 def _fused(node: onnx.NodeProto) -> bool:
     """A com.microsoft op, or SimplifiedLayerNormalization, which onnxruntime defines in the onnx domain."""
     return node.domain == CONTRIB or (node.op_type == "SimplifiedLayerNormalization"
@@ -294,7 +303,7 @@ def defuse_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     if not any(_fused(n) for n in graph.node):
         return model
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consts = {t.name: list(t.dims) for t in graph.initializer}   # the constants' dims (no weight copied)
     ranks = _ranks(model)
     nodes, initializers = [], []
     for node in graph.node:
@@ -302,32 +311,11 @@ def defuse_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
             continue
         e = _Emitter(node, opset, initializers)
-        op = node.op_type
-        if op == "SkipLayerNormalization":
-            _skip_layer_norm(e, node, simplified=False)
-        elif op == "SkipSimplifiedLayerNormalization":
-            _skip_layer_norm(e, node, simplified=True)
-        elif op == "SimplifiedLayerNormalization":
-            _simplified_layer_norm(e, node)
-        elif op == "LayerNormalization":
-            _layer_norm(e, node)
-        elif op in ("BiasGelu", "Gelu"):
-            _gelu(e, node, tanh=False)
-        elif op == "FastGelu":
-            _gelu(e, node, tanh=True)
-        elif op == "QuickGelu":
-            _quick_gelu(e, node)
-        elif op == "FusedMatMul":
-            _fused_matmul(e, node, ranks)
-        elif op == "Attention":
-            _attention(e, node, ranks, consts)
-        elif op == "MultiHeadAttention":
-            _multi_head_attention(e, node, ranks)
-        elif op == "EmbedLayerNormalization":
-            _embed_layer_norm(e, node)
-        else:
+        defuse = DEFUSERS.get(node.op_type)
+        if defuse is None:
             nodes.append(node)    # refused later, named, with the usual remedy
             continue
+        defuse(e, node, ranks, consts)
         nodes.extend(e.nodes)
     del graph.node[:]
     graph.node.extend(nodes)

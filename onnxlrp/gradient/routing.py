@@ -92,8 +92,7 @@ def gather(ctx: GradContext):
     x, b = ctx.x(), ctx.b
     rank = ctx.rank(x)
     axis = int(ctx.attr("axis", 0)) % rank
-    index_rank = ctx.rank(ctx.x(1))
-    if index_rank is None:
+    if ctx.rank(ctx.x(1)) is None:
         raise UnsupportedOpError("Gather", ctx.name, "the rank of its indices is unknown")
     x_shape = b.op("Shape", [x])
     dim = _dim(ctx, x, axis)
@@ -101,11 +100,10 @@ def gather(ctx: GradContext):
     positions = b.op("Cast", [positions], to=TensorProto.INT64)
     # negative indices count from the end
     positions = b.op("Where", [b.op("Less", [positions, b.ints([0])]), b.op("Add", [positions, dim]), positions])
+    # the gathered axes flattened into one: x's dims before and after the axis, -1 between
     flat_shape = b.op("Concat", [b.op("Shape", [x], start=0, end=axis), b.ints([-1]),
-                                 b.op("Shape", [x], start=axis + 1)], axis=0) if axis + 1 < rank else \
-        b.op("Concat", [b.op("Shape", [x], start=0, end=axis), b.ints([-1])], axis=0)
+                                 b.op("Shape", [x], start=axis + 1)], axis=0)
     gradient = b.op("Reshape", [ctx.g(), flat_shape])
-    del index_rank
     return ctx.only(0, _scatter_add(ctx, gradient, positions, axis, x_shape))
 
 

@@ -124,6 +124,16 @@ class NodeAttributes:
 
     node: onnx.NodeProto
 
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def x(self, i: int = 0) -> str:
+        return self.node.input[i]
+
+    def y(self, j: int = 0) -> str:
+        return self.node.output[j]
+
     def attr(self, key: str, default=None):
         for attribute in self.node.attribute:
             if attribute.name == key:
@@ -150,16 +160,6 @@ class NodeContext(NodeAttributes):
     live: list[bool]              # per input: does it depend on the explained input?
     only_where_positive: bool = False   # relevance at the output is 0 wherever the output is <= 0
     relu_of_output: str | None = None   # then: a forward ReLU of the output, if the graph has one
-
-    @property
-    def name(self) -> str:
-        return self.node.name
-
-    def x(self, i: int = 0) -> str:
-        return self.node.input[i]
-
-    def y(self, j: int = 0) -> str:
-        return self.node.output[j]
 
     def R(self, j: int = 0) -> str | None:  # noqa: N802 - the formulas' name
         return self.relevance_out[j]

@@ -114,6 +114,9 @@ def test_cp_lrp_conserves_on_a_bias_free_model(workdir):
 @pytest.mark.parametrize("variant", ["attn_lrp", "cp_lrp"])
 def test_vit_gamma_recipe_equals_lxt_with_zennit(variant, models, exported, workdir):
     """LXT's ViT recipe: Zennit's Gamma on the patch embedding and on every linear layer, in gradient form."""
+    stub = str(Path(__file__).resolve().parent.parent / "zennit_stub")   # zennit imports torchvision
+    if stub not in sys.path:
+        sys.path.insert(0, stub)
     pytest.importorskip("zennit")
     from onnxlrp import composites, rules
     composite = {"attn_lrp": composites.AttnLRP, "cp_lrp": composites.CPLRP}[variant](
