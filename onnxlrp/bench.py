@@ -225,7 +225,7 @@ def table(rows: list[Timing], model_mb: float | None = None) -> str:
                          f"{'' if r.peak_mb is None else f'{r.peak_mb:.0f}'} | "
                          f"{'' if r.compile_peak_mb is None else f'{r.compile_peak_mb:.0f}'} |")
     if model_mb is not None:
-        lines.append(f"\nmodel size {model_mb:.0f} MB")
+        lines.append(f"\nmodel size {model_mb:.0f} MB" if model_mb >= 1 else f"\nmodel size {model_mb * 1000:.0f} kB")
     return "\n".join(lines)
 
 

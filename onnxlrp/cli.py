@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from . import composites as composites_module
+from . import extras
 from .errors import OnnxLrpError
 
 COMPOSITE_HELP = ("composite (default epsilon_plus_flat): " + ", ".join(sorted(composites_module.NAMED))
@@ -171,6 +172,8 @@ def cmd_explain(args) -> int:
     items, problems = find_inputs(args.inputs)
     for spec, reason in problems:
         print(f"error: {spec}: {reason}", file=sys.stderr)
+    if not items:
+        raise OnnxLrpError("nothing was explained: none of the INPUTs is a file that can be read (see above)")
     verbose = args.verbose or len(items) <= 10
     job = Job(items, settings, batch_size=args.batch_size, overwrite=args.overwrite, show_progress=not args.quiet,
               verbose=verbose)
@@ -191,7 +194,8 @@ def cmd_explain(args) -> int:
             signal.signal(signal.SIGTERM, previous)
     failures = job.write_failures()
     summary = job.summary
-    print(f"{summary.line()}; results in {settings.out}/" + (f"; failures listed in {failures}" if failures else ""))
+    where = f"; results in {settings.out}/" if summary.explained or summary.skipped else "; nothing was written"
+    print(summary.line() + where + (f"; failures listed in {failures}" if failures else ""))
     if interrupted:
         print("interrupted: run the same command again to go on where it stopped", file=sys.stderr)
         return 130
@@ -256,7 +260,7 @@ def cmd_serve(args) -> int:
 
         from .serve.app import create_app
     except ImportError as exc:
-        raise OnnxLrpError(f"onnxlrp serve needs its extra: pip install 'onnxlrp[serve]' ({exc.name} is missing)") from None
+        raise extras.missing("serve", "onnxlrp serve", exc) from None
     tokenizers = {}
     for spec in args.tokenizer:
         name, _, path = spec.rpartition("=")
@@ -513,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "or a CSV file's header)")
     group.add_argument("--layout", default=None, choices=["NCHW", "NHWC", "boxes_first", "attributes_first"],
                        help="the output's layout for --region/--mask (NCHW, NHWC) or --box (default: from its shape)")
-    group = p.add_argument_group("text models (needs pip install 'onnxlrp[text]'; e.g. --composite attn_lrp)")
+    group = p.add_argument_group("text models (needs the [text] extra; e.g. --composite attn_lrp)")
     group.add_argument("--text", default=None, help="a sentence to explain, instead of INPUTs: writes "
                        "OUT/text.tokens.html, OUT/text.tokens.json and OUT/text.relevance.npy")
     group.add_argument("--texts", default=None, metavar="FILE.txt", help="a file of texts, one a line "
@@ -534,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for large jobs whose heatmaps are drawn later")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per input (the default up to 10 inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    group = p.add_argument_group("cluster (needs pip install 'onnxlrp[ray]')")
+    group = p.add_argument_group("cluster (needs the [ray] extra)")
     group.add_argument("--ray", metavar="ADDRESS", default=None,
                        help="run on Ray: 'local' starts Ray on this machine, 'auto' or ray://HOST:PORT joins a "
                        "cluster; OUT must be a folder every node can write")
@@ -575,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the top classes, click one to explain it, choose the composite, its parameters and the start, "
                        "compare composites side by side and download the heatmap and the relevance; and a JSON API "
                        "(POST /v1/explain, GET /v1/models; OpenAPI docs at /docs). Binds to 127.0.0.1 unless "
-                       "--host says otherwise. Needs pip install 'onnxlrp[serve]'. docs/serve.md.")
+                       "--host says otherwise. Needs the [serve] extra. docs/serve.md.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX image classifier(s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -37,7 +37,7 @@ class Layer:
 
 class Composite:
     """Base class. `rule_for(layer)` gives a weighted layer's rule; `rule_for_op` may override the
-    default treatment of a weight-free node (return None to keep RULES.md's default)."""
+    default treatment of a weight-free node (return None to keep docs/rules.md's default)."""
 
     def rule_for(self, layer: Layer) -> Rule:
         raise NotImplementedError
@@ -255,7 +255,7 @@ class LayerMap(Composite):
 
 
 class AttnLRP(Composite):
-    """AttnLRP (Achtibat et al., ICML 2024) for transformers, in LXT's modified-gradient form (RULES.md).
+    """AttnLRP (Achtibat et al., ICML 2024) for transformers, in LXT's modified-gradient form (docs/rules.md).
 
     Besides the weighted kinds "dense" and "conv", a transformer's layers come in these kinds, each with
     its rule here (a LayerMap can change them by kind or node name):

@@ -1,4 +1,4 @@
-"""Concept-conditional relevance (CRP, RULES.md): relevance masked to chosen channels of a layer on its way
+"""Concept-conditional relevance (CRP, docs/rules.md): relevance masked to chosen channels of a layer on its way
 down, and the concept relevance of every channel of a layer.
 
 A condition names a layer (an ONNX node name or tensor name of the canonical graph) and channels: axis 1

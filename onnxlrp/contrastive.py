@@ -1,4 +1,4 @@
-"""Contrastive explanations (RULES.md, mode "contrastive"): the log-odds of the target class c
+"""Contrastive explanations (docs/rules.md, mode "contrastive"): the log-odds of the target class c
 against the others.
 
 The dense layer under the logits (z = W a + b) is replaced by the pairwise difference layer

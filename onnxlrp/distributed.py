@@ -1,4 +1,4 @@
-"""Explaining a large dataset on a Ray cluster (pip install 'onnxlrp[ray]').
+"""Explaining a large dataset on a Ray cluster (the [ray] extra).
 
 Each actor holds one explainer session, built from the model's path (so the model travels as a path,
 not as bytes through the object store), with onnxruntime threads matched to the actor's CPUs and the
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import extras
 from .errors import OnnxLrpError
 
 
@@ -23,8 +24,8 @@ def _ray():
     try:
         import ray
         import ray.data
-    except ImportError:
-        raise OnnxLrpError("Ray is not installed: pip install 'onnxlrp[ray]'") from None
+    except ImportError as exc:
+        raise extras.missing("ray", "running on Ray", exc) from None
     return ray
 
 

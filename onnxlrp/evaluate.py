@@ -1,5 +1,5 @@
 """`onnxlrp evaluate`: run the checks of onnxlrp.checks on a model and a batch of inputs, and write a
-Markdown report (report.md) with its pictures beside it.
+Markdown report (OUT/report.md) with its pictures beside it.
 
 Each check has one section writer here; it runs the check, saves its figures into the report folder
 and returns the Markdown that embeds them.
@@ -81,8 +81,7 @@ def conservation_section(ev: Evaluation) -> str:
     report = checks.conservation(ev.explainer.replace(layer_sums=True), ev.x, target=ev.target, mode=ev.mode)
     text = ("## Conservation and positivity\n\nPer layer, from the output down: the sum of relevance relative to "
             "the output relevance, and the share of negative relevance.\n\n" + report.table() + "\n")
-    if report.plot(ev.out / "conservation.png"):
-        text += "\n![relative development of the relevance sum](conservation.png)\n"
+    text += _figure(report.plot(ev.out / "conservation.png"), "relative development of the relevance sum", "conservation.png")
     return text
 
 
@@ -93,8 +92,7 @@ def pixel_flipping_section(ev: Evaluation) -> str:
     text = (f"## Selectivity (region perturbation)\n\n{result.settings['patches']} patches of {ev.patch_size} px, "
             f"{result.settings['steps']} steps, perturbation `{ev.perturbation}`; the target's logit after each "
             f"step.\n\n" + result.table() + "\n")
-    if result.plot(ev.out / "pixel_flipping.png"):
-        text += "\n![MoRF and LeRF curves](pixel_flipping.png)\n"
+    text += _figure(result.plot(ev.out / "pixel_flipping.png"), "MoRF and LeRF curves", "pixel_flipping.png")
     return text
 
 
@@ -104,8 +102,7 @@ def randomisation_section(ev: Evaluation) -> str:
                                   show_progress=ev.show_progress)
     text = (f"## Model-parameter randomisation ({ev.order})\n\nSimilarity of each heatmap to the original one, "
             "mean (min..max) over inputs.\n\n" + result.table() + "\n")
-    if result.plot(ev.out / "randomisation.png"):
-        text += "\n![similarity per randomised layer](randomisation.png)\n"
+    text += _figure(result.plot(ev.out / "randomisation.png"), "similarity per randomised layer", "randomisation.png")
     if ev.x.ndim > 2:
         tiles = [[heatmap_tile(maps[i], None) for maps in result.heatmaps] for i in range(min(len(ev.x), MAX_PICTURED))]
         labels = [row.layers[-1] if row.layers else "original" for row in result.rows]
@@ -131,9 +128,17 @@ def convergence_section(ev: Evaluation) -> str:
             "per input; median |cosine similarity| of the channel vectors between pairs, per layer from there "
             "down.\n\n" + own.table() + "\n")
     own_name, others = next(iter(results)), dict(list(results.items())[1:])
-    if own.plot(ev.out / "convergence.png", name=own_name, others=others):
-        text += "\n![cosine-similarity convergence, with epsilon and zplus for comparison](convergence.png)\n"
+    text += _figure(own.plot(ev.out / "convergence.png", name=own_name, others=others),
+                    "cosine-similarity convergence, with epsilon and zplus for comparison", "convergence.png")
     return text
+
+
+def _figure(drawn: bool, caption: str, file: str) -> str:
+    """The Markdown that embeds a plot, or a line saying why there is none (the tables are there either way)."""
+    if drawn:
+        return f"\n![{caption}]({file})\n"
+    return (f"\n_The plot ({caption}) is missing: drawing it needs matplotlib, which is not installed here "
+            "(`pip install matplotlib`)._\n")
 
 
 def _short_name(composite) -> str:

@@ -98,7 +98,7 @@ class ForwardGraph:
     def gate_operand(self, node: onnx.NodeProto, live: set[str]) -> int | None:
         """For a Mul/Div of two computed tensors: the index of the gate, the operand computed from the
         other one (squeeze-excitation, Swish x * sigmoid(x), GELU, Mish, a normalising divisor).
-        RULES.md holds the gate constant, so it receives no relevance. None if neither is a gate."""
+        docs/rules.md holds the gate constant, so it receives no relevance. None if neither is a gate."""
         if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
             return None
         a, b = node.input

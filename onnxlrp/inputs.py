@@ -15,6 +15,26 @@ import numpy as np
 from .errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# The largest image decoded: a few bytes of PNG can claim billions of pixels (a decompression bomb), and the
+# header says how many before any is decoded.
+MAX_PIXELS = 4096 * 4096
+
+
+def open_image(source, name: str):
+    """A PIL image of at most MAX_PIXELS pixels, header read only (decoding comes later); an InputError for
+    anything that is not a readable image of that size. source: a path or a binary file object."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError as exc:   # PIL's own limit, far above ours
+        raise InputError(f"'{name}' is not decoded: {exc}; at most {MAX_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read '{name}' as an image ({exc})") from None
+    if image.width * image.height > MAX_PIXELS:
+        image.close()
+        raise InputError(f"'{name}': the image is {image.width} x {image.height} pixels; at most {MAX_PIXELS}")
+    return image
 
 
 def channels_last(shape) -> bool:
@@ -81,7 +101,7 @@ def load_input(path: str | Path, shape, mean=None, std=None, row: int | None = N
 
 
 def _load_image(path: Path, shape, mean, std) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     last = channels_last(shape) if len(shape) == 4 else False
     channels = (shape[3] if last else shape[1]) if len(shape) == 4 else None
@@ -90,12 +110,12 @@ def _load_image(path: Path, shape, mean, std) -> np.ndarray:
                          "give .npy arrays")
     height, width = (shape[1], shape[2]) if last else (shape[2], shape[3])
     try:
-        with Image.open(path) as image:
+        with open_image(path, str(path)) as image:
             image = image.convert("L" if channels == 1 else "RGB")
             if isinstance(height, int) and isinstance(width, int):   # free sizes keep the image's own
                 image = image.resize((width, height), Image.BILINEAR)
             array = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
+    except (OSError, ValueError) as exc:   # a file that breaks off while decoding
         raise InputError(f"cannot read '{path}' as an image ({exc})") from None
     if array.ndim == 2:
         array = array[..., None]

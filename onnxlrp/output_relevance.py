@@ -1,4 +1,4 @@
-"""Where the explanation starts: the relevance put on the logits (RULES.md, "Output relevance").
+"""Where the explanation starts: the relevance put on the logits (docs/rules.md, "Output relevance").
 
     logit   R_c = z_c for the target class c, 0 elsewhere (default)
     one     R_c = 1 for c

@@ -1,4 +1,4 @@
-"""LRP rules as data (see RULES.md).
+"""LRP rules as data (see docs/rules.md).
 
 A rule for a weighted layer z = W x + b is a list of *groups*. Each group sums a few *terms*
 (an input modifier, a weight transform, a bias transform, a sign) into a denominator z_g, forms

@@ -19,7 +19,7 @@ from .model import free_input_dims, load_model, with_input_shapes
 from .output_relevance import MODES
 
 # The CUDA provider with full float32 convolutions and matrix products: onnxruntime's default TF32 keeps 10
-# bits of mantissa (a relative error near 5e-4 per product), above RULES.md's 1e-4 agreement with Zennit.
+# bits of mantissa (a relative error near 5e-4 per product), above docs/rules.md's 1e-4 agreement with Zennit.
 # Pass ["CUDAExecutionProvider", "CPUExecutionProvider"] for TF32's speed where that agreement can go.
 CUDA_PROVIDERS = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
 

@@ -1,4 +1,4 @@
-"""What to explain on outputs that are not [batch, classes] (RULES.md, "Starts beyond classifiers").
+"""What to explain on outputs that are not [batch, classes] (docs/rules.md, "Starts beyond classifiers").
 
 Every selection is a start relevance R_out = z * M with M shaped like the output (Zennit's
 attr_output = output * mask), built here on the host:

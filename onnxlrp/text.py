@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import extras
 from .errors import InputError, OnnxLrpError
 from .files import save_atomic
 
@@ -21,8 +22,8 @@ TOKENIZER_INPUTS = {"input_ids": "ids", "attention_mask": "attention_mask", "tok
 def load_tokenizer(path: str):
     try:
         from tokenizers import Tokenizer
-    except ImportError:
-        raise OnnxLrpError("--text needs the tokenizers library: pip install 'onnxlrp[text]'") from None
+    except ImportError as exc:
+        raise extras.missing("text", "--text", exc) from None
     if not Path(path).is_file():
         raise OnnxLrpError(f"tokenizer file '{path}' does not exist (a HuggingFace tokenizer.json)")
     try:

@@ -1,4 +1,4 @@
-"""Independent references for the tests: dense Jacobians and the RULES.md formulas in float64 numpy.
+"""Independent references for the tests: dense Jacobians and the docs/rules.md formulas in float64 numpy.
 
 Dense matrices come from onnx's own reference evaluator (pure numpy, float64), never from onnxlrp's
 relevance graph, so the tests compare two independent computations.
@@ -111,7 +111,7 @@ def neg(a):
 
 def rule_reference(rule_name, A, b, x, R, A_ones=None, eps=1e-6, gamma=0.25, low=None, high=None,
                    alpha=2.0, beta=1.0, zero_bias=False):
-    """RULES.md formulas on a dense layer; x and R are flat vectors for one sample."""
+    """docs/rules.md formulas on a dense layer; x and R are flat vectors for one sample."""
     z_original = A @ x + b  # Gamma's gate keeps the bias even with zero_bias
     if zero_bias:
         b = np.zeros_like(b)

@@ -66,3 +66,9 @@ def test_machine_names_the_gpu_only_when_the_cuda_provider_is_asked_for(monkeypa
     monkeypatch.setattr(bench, "_gpu_name", lambda: "NVIDIA H100 80GB HBM3, 580.159.04")
     assert "GPU" not in bench.machine(["CPUExecutionProvider"])
     assert bench.machine(CUDA_PROVIDERS).endswith("GPU NVIDIA H100 80GB HBM3, 580.159.04")
+
+
+def test_model_size_below_one_megabyte_is_given_in_kilobytes():
+    rows = [bench.Timing("inference", 1, 10.0)]
+    assert bench.table(rows, model_mb=0.042).splitlines()[-1] == "model size 42 kB"
+    assert bench.table(rows, model_mb=12.4).splitlines()[-1] == "model size 12 MB"

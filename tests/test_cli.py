@@ -245,3 +245,53 @@ def test_explain_top_k_writes_one_heatmap_per_class(tmp_path, models_dir, capsys
     assert (out / "example.targets.png").exists()
     assert main(["explain", str(models_dir / "small_vgg.onnx"), str(models_dir / "example.png"), "--top-k", "2",
                  "--target", "1", "--out", str(out)]) == 2
+
+
+def test_explain_with_nothing_readable_says_nothing_was_explained(tmp_path, models_dir, capsys):
+    out = tmp_path / "h"
+    assert main(["explain", str(models_dir / "tiny_vgg.onnx"), str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.png: no such file" in err and "nothing was explained" in err
+    assert not out.exists()
+
+
+def test_a_decompression_bomb_is_an_input_error(tmp_path, models_dir, capsys):
+    from PIL import Image
+
+    from onnxlrp.inputs import MAX_PIXELS
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (30000, 30000)).save(bomb, optimize=True)   # 900 M pixels in a small file
+    assert bomb.stat().st_size < 2_000_000
+    code = main(["explain", str(models_dir / "tiny_vgg.onnx"), str(bomb), "--out", str(tmp_path / "h")])
+    err = capsys.readouterr().err
+    assert code != 0 and "internal error" not in err
+    assert "bomb.png" in err and str(MAX_PIXELS) in err
+    large = tmp_path / "large.png"   # under PIL's own limit, over ours
+    Image.new("L", (5000, 5000)).save(large)
+    assert main(["explain", str(models_dir / "tiny_vgg.onnx"), str(large), "--out", str(tmp_path / "h")]) != 0
+    assert "5000 x 5000 pixels; at most" in capsys.readouterr().err
+
+
+def test_evaluate_report_says_why_plots_are_missing(tmp_path, models_dir, monkeypatch, capsys):
+    from onnxlrp import pictures
+    monkeypatch.setattr(pictures, "pyplot_or_none", lambda: None)
+    assert main(["evaluate", "conservation", str(models_dir / "tiny_vgg.onnx"), str(models_dir / "example.png"),
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "needs matplotlib" in report and "pip install matplotlib" in report
+    assert not (tmp_path / "ev" / "conservation.png").exists()
+
+
+def test_missing_extras_name_their_requirements():
+    """The remedy names the extra's packages as pyproject.toml declares them, so that it works when followed
+    (onnxlrp itself is on no package index)."""
+    import tomllib
+    from pathlib import Path
+
+    from onnxlrp import extras
+    declared = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    for extra in ("serve", "text", "ray", "mlflow"):
+        expected = declared["project"]["optional-dependencies"][extra]
+        assert extras.requirements(extra) == expected
+        message = str(extras.missing(extra, "this", ImportError("x", name="pkg")))
+        assert all(f"'{r}'" in message for r in expected) and "(pkg is missing)" in message

@@ -1,4 +1,4 @@
-"""Contrastive mode (RULES.md): the pairwise difference layer, checked against numpy."""
+"""Contrastive mode (docs/rules.md): the pairwise difference layer, checked against numpy."""
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -22,7 +22,7 @@ def _model(w1, b1, w2, b2):
 
 
 def _pairwise_reference(rule_name, w2, b2, a, c, **kw):
-    """Relevance at the top layer's input for one sample, from RULES.md's formulas."""
+    """Relevance at the top layer's input for one sample, from docs/rules.md's formulas."""
     others = [k for k in range(len(b2)) if k != c]
     A = w2[c][None] - w2[others]
     bias = b2[c] - b2[others]

@@ -1,6 +1,6 @@
 """The model corpus (models/corpus, made by tools/corpus/*): exporters, opsets and ops as users
 bring them. For every model: the explainer reproduces the model's outputs, relevance is finite and
-input-shaped with the default composite and with uniform LRP-0, and RULES.md's identity holds:
+input-shaped with the default composite and with uniform LRP-0, and docs/rules.md's identity holds:
 LRP-0 == gradient x input on pure-ReLU models, conservation (bias-free LRP-0) on the others.
 
 Gradients come from central finite differences in float64 (onnx's reference evaluator), never from
@@ -150,7 +150,7 @@ def test_gradient_identity_check_can_fail():
 
 def _bias_free(path):
     """The model with every bias set to zero: layer biases, BatchNorm shifts, per-channel constants
-    added or subtracted. RULES.md: bias-free LRP-0 must conserve relevance exactly."""
+    added or subtracted. docs/rules.md: bias-free LRP-0 must conserve relevance exactly."""
     model = onnx.load(path)
     inits = {t.name: t for t in model.graph.initializer}
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}

@@ -1,7 +1,7 @@
 """onnxlrp against Zennit on small torch models exported to ONNX (skipped without torch and zennit).
 
 Residual joins: the ONNX export sees `a + b`; the Zennit twin uses zennit.layer.Sum (what its
-ResNet canonizer inserts) so that Zennit applies Norm there, as RULES.md does.
+ResNet canonizer inserts) so that Zennit applies Norm there, as docs/rules.md does.
 """
 import copy
 import io

@@ -8,7 +8,7 @@ which is what Zennit sees in the framework model.
 - after a layer (y = layer(x) op c, c per output channel): always exact.
 - before a layer (layer(x op c), c per input channel): exact for scalings; for shifts only when the
   layer does not pad, because the padded zeros would otherwise change meaning.
-What cannot be folded stays and passes relevance through (RULES.md).
+What cannot be folded stays and passes relevance through (docs/rules.md).
 """
 from __future__ import annotations
 

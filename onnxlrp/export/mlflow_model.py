@@ -5,6 +5,7 @@ from pathlib import Path
 
 import onnx
 
+from .. import extras
 from ..errors import OnnxLrpError
 from ..files import save_dir_atomic
 from ..model import is_large
@@ -21,8 +22,8 @@ def export_mlflow(model: onnx.ModelProto, out, device: str = "cpu", external_dat
         import mlflow.onnx
         from mlflow.models import ModelSignature
         from mlflow.types.schema import Schema, TensorSpec
-    except ImportError:
-        raise OnnxLrpError("exporting an MLflow model needs mlflow: pip install 'onnxlrp[mlflow]'") from None
+    except ImportError as exc:
+        raise extras.missing("mlflow", "exporting an MLflow model", exc) from None
     if device not in PROVIDERS:
         raise OnnxLrpError(f"unknown device '{device}'; choose cpu or gpu")
     inputs, outputs = graph_tensors(model)

@@ -1,4 +1,4 @@
-"""The modified-gradient form of LRP for transformers (AttnLRP, CP-LRP; RULES.md "Transformers").
+"""The modified-gradient form of LRP for transformers (AttnLRP, CP-LRP; docs/rules.md "Transformers").
 
 Relevance at a tensor t is R_t = t * g_t, g a modified gradient: one VJP handler per op family
 (linear, arithmetic, softmax, norm, nonlinear, routing), the graph patterns they need (patterns),

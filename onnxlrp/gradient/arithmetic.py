@@ -1,7 +1,7 @@
 """Element-wise arithmetic: Add, Sub, Sum, Neg (residual joins, biases, masks, embeddings added), and
 Mul, Div (scalings by constants; products of two computed tensors are bilinear, see linear.share).
 
-Their VJP is unchanged (RULES.md: residual joins and constant operands); a constant operand receives
+Their VJP is unchanged (docs/rules.md: residual joins and constant operands); a constant operand receives
 nothing, and broadcasting is summed back."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Element-wise non-linearities get the identity rule (RULES.md): g_x = g_y * f(x) / x, in relevance form
+"""Element-wise non-linearities get the identity rule (docs/rules.md): g_x = g_y * f(x) / x, in relevance form
 R_x = R_y. This covers single ops (Gelu, Tanh, Relu, Sigmoid, ...) and the blocks patterns.py finds
 (x * h(x): Erf- and tanh-GELU chains, SiLU, Mish), whose x is the block's input.
 

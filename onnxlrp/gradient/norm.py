@@ -1,4 +1,4 @@
-"""Normalisation and reductions: LayerNormalization with its normaliser held constant (RULES.md: LN becomes
+"""Normalisation and reductions: LayerNormalization with its normaliser held constant (docs/rules.md: LN becomes
 y = w * (x - mean(x)) / sigma + b, linear in x), ReduceMean and ReduceSum.
 
 Decomposed LayerNorm and RMSNorm chains need no handler of their own: their sigma is held constant

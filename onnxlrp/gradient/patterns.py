@@ -1,4 +1,4 @@
-"""What the modified gradient must know about the graph before it is built (RULES.md, "Transformers").
+"""What the modified gradient must know about the graph before it is built (docs/rules.md, "Transformers").
 
 - Normalisers: the 1/sigma of a decomposed LayerNorm or RMSNorm (a Sqrt of a mean of squares plus
   epsilon) is held constant, which makes the norm linear in its input.
@@ -47,7 +47,7 @@ class Analysis:
 
 
 WEIGHTED_KINDS = {"Gemm": "dense", "MatMul": "dense", "Conv": "conv"}
-# what each kind of node accepts (RULES.md, "Transformers")
+# what each kind of node accepts (docs/rules.md, "Transformers")
 ACCEPTED = {"softmax": (R.Norm, R.Constant), "bilinear": (R.UniformShare,), "gate": (R.UniformShare, R.Constant),
             "nonlinear": (R.Pass,), "norm": (R.Norm,)}
 

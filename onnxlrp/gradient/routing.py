@@ -1,5 +1,5 @@
 """Ops that move, copy or select elements: their VJP routes the gradient back exactly where each element
-came from (RULES.md). Shapes may be dynamic (sequence length): every shape is read at run time."""
+came from (docs/rules.md). Shapes may be dynamic (sequence length): every shape is read at run time."""
 from __future__ import annotations
 
 import numpy as np

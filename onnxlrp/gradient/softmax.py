@@ -1,4 +1,4 @@
-"""Softmax on any axis: the unchanged VJP, g_x = s * (g_s - sum_j s_j g_s,j) (RULES.md; in relevance form
+"""Softmax on any axis: the unchanged VJP, g_x = s * (g_s - sum_j s_j g_s,j) (docs/rules.md; in relevance form
 R_x = x * (R_s - s * sum_j R_s,j)). Masked entries have s = 0 and send nothing, so -inf and finfo.min
 masks never make NaN: the product with x is only taken at the explained input."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where the modified gradient starts (RULES.md: R_t = t * g_t, so g_out = R_out / out).
+"""Where the modified gradient starts (docs/rules.md: R_t = t * g_t, so g_out = R_out / out).
 
 Classifier logits [batch, classes] (or [batch, classes, 1, ...]): one target class per sample. Sequence
 outputs [batch, seq, vocab or labels]: one target at one position per sample (`position` input, -1 the

@@ -1,7 +1,7 @@
 """Joins: Add / Sum / Sub of computed tensors (Norm), Concat (exact routing), gated products.
 
 An Add, Sub, Mul or Div with a constant operand (a bias or a normalisation step that could not be
-folded into a layer) passes relevance to its computed operand, as RULES.md prescribes. A Mul of a
+folded into a layer) passes relevance to its computed operand, as docs/rules.md prescribes. A Mul of a
 signal by a gate computed from it (squeeze-excitation, Swish, GELU, Mish) holds the gate constant:
 all relevance goes to the signal.
 """

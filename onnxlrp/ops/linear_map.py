@@ -1,5 +1,5 @@
 """Any op declared Norm() in a LayerMap, without a handler of its own, treated as a linear map of its
-first input: R_x = x * J^T [R / stab(y)] (RULES.md's Norm).
+first input: R_x = x * J^T [R / stab(y)] (docs/rules.md's Norm).
 
 J is probed at compile time by running the node on unit vectors, so it only suits ops whose
 per-sample input and output are small (the dense J must fit in LINEAR_MAP_MAX_ENTRIES). The node is

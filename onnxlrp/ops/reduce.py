@@ -1,4 +1,4 @@
-"""ReduceMean / ReduceSum over non-batch axes: Norm, R_x = x * J^T [R / stab(y)] (RULES.md)."""
+"""ReduceMean / ReduceSum over non-batch axes: Norm, R_x = x * J^T [R / stab(y)] (docs/rules.md)."""
 from __future__ import annotations
 
 import numpy as np

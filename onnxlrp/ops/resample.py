@@ -1,5 +1,5 @@
 """Resize (nearest, linear, cubic): linear maps of their input, relevance by Norm,
-R_x = x * J^T [R / stab(y)] (RULES.md).
+R_x = x * J^T [R / stab(y)] (docs/rules.md).
 
 Resize acts on each axis separately, so J is a product of one small matrix per resized axis
 (out_k x in_k). Each matrix is computed once, at compile time, by resizing the unit vectors with the

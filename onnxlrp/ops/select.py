@@ -1,7 +1,7 @@
 """Ops that select, copy or pad elements: Pad, Slice, Split, Gather (constant indices), Tile, Expand.
 
 Each output element is a copy of one input element (or padding), so relevance goes back exactly to
-where it came from; relevance on padded elements is dropped (RULES.md). Geometry (pads, starts,
+where it came from; relevance on padded elements is dropped (docs/rules.md). Geometry (pads, starts,
 indices) must be constant, and the batch axis must be left alone.
 """
 from __future__ import annotations

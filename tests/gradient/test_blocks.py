@@ -1,4 +1,4 @@
-"""Each transformer block's modified gradient against a dense-Jacobian numpy reference (RULES.md,
+"""Each transformer block's modified gradient against a dense-Jacobian numpy reference (docs/rules.md,
 "Transformers"): R_x = x * (J^T g), with J the Jacobian of the rule (softmax unchanged, LayerNorm with
 sigma constant, identity rule, uniform rule). Tiny models are built from text."""
 from __future__ import annotations
@@ -32,7 +32,7 @@ def test_softmax_with_masked_entries_is_its_gradient_and_never_nan(masked, rng):
         m = Add(x, mask)
         p = Softmax<axis = -1>(m)
         y = Mul(p, one)
-    }""", mask=mask, one=1.0)   # (a Softmax right at the output would not be explained: RULES.md)
+    }""", mask=mask, one=1.0)   # (a Softmax right at the output would not be explained: docs/rules.md)
     x = rng.normal(size=(3, 6)).astype(np.float32)
     res = _explain(model, x, target=2)
     for i in range(3):

@@ -1,5 +1,5 @@
 """AttnLRP and CP-LRP against LXT 2.1 (efficient mode, float64, each reference in a process of its own) on
-tiny BERT, GPT-2 and ViT models, each exported four ways (RULES.md: relative L2 <= 1e-4)."""
+tiny BERT, GPT-2 and ViT models, each exported four ways (docs/rules.md: relative L2 <= 1e-4)."""
 from __future__ import annotations
 
 import subprocess

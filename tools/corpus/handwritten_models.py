@@ -107,7 +107,7 @@ def caffe_vgg_ops():
                                                                             [1, 3, 32, 32])],
                 [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], 8, 3, inits_as_inputs=True)
     record(path, EXPORTER, "VGG (Caffe-era ops)", [1, 3, 32, 32], False,
-           notes="mean shift before a padded conv and LRN pass relevance (RULES.md)")
+           notes="mean shift before a padded conv and LRN pass relevance (docs/rules.md)")
 
 
 def multi_io_newest(opset):

@@ -95,7 +95,7 @@ def main():
     keras.utils.set_random_seed(0)
     export(randomise_bn(cnn(), 1), "keras_cnn_op9.onnx", 9, "VGG", False,
            notes="NHWC input, Rescaling and Normalization inside the graph: the mean shift before a padded "
-                 "conv cannot fold, so it passes relevance (RULES.md) and LRP-0 is gradient x (x - mean)")
+                 "conv cannot fold, so it passes relevance (docs/rules.md) and LRP-0 is gradient x (x - mean)")
     export(randomise_bn(mobilenet(), 2), "keras_mobilenet_op13.onnx", 13, "MobileNet-v3", False)
     export(randomise_bn(unet_like(), 3), "keras_upsampling_op17.onnx", 17, "encoder-decoder", False)
 

@@ -16,7 +16,7 @@ MANIFEST = os.path.join(CORPUS, "manifest.json")
 def record(path: str, exporter: str, family: str, shape: list[int], relu_only: bool, notes: str = "",
            inputs: dict | None = None, output: str | None = None) -> None:
     """relu_only: every nonlinearity is Relu / MaxPool and every BatchNorm folds, so LRP-0 must equal
-    gradient x input (RULES.md); otherwise the corpus test checks conservation instead."""
+    gradient x input (docs/rules.md); otherwise the corpus test checks conservation instead."""
     model = onnx.load(path, load_external_data=False)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     entries = json.load(open(MANIFEST)) if os.path.exists(MANIFEST) else {}
