@@ -49,7 +49,7 @@ def _add_composite_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_written_model_options(parser: argparse.ArgumentParser, mode_help: str) -> None:
     """compile and export: where the written explainer starts, and how its weights are stored."""
-    from .output_relevance import MODES
+    from .compiler.start import MODES
 
     parser.add_argument("--mode", default="logit", choices=list(MODES), help=mode_help)
     parser.add_argument("--external-data", action="store_true",
@@ -321,7 +321,7 @@ def _compiled_for_inputs(explainer, mode: str):
     the names (its shape stays free)."""
     from .model import free_input_dims
     free = free_input_dims(explainer.model)
-    if not free or getattr(explainer.composite, "gradient_form", False):
+    if not free or explainer.composite.form == "gradient":
         return explainer.compiled(mode)
     value = next(v for v in explainer.model.graph.input if v.name == free[0])
     probe = {free[0]: tuple(d.dim_value or 32 for d in list(value.type.tensor_type.shape.dim)[1:])}

@@ -1,8 +1,26 @@
-"""Composites: which rule each weighted layer gets. They map layers to rules and do nothing else.
+"""Composites: which rule each layer gets. They map layers to rules and do nothing else.
 
-Names and parameters follow Zennit. A layer is described by `Layer` (op type, kind, position in
-execution order from the explained input, node name); the "first layer" of the Flat composites is
-the first weighted layer, that of EpsilonGammaBox the first convolution, as in Zennit.
+A layer is described by `Layer` (node name, op type, kind, position in execution order from the explained
+input). Its kind says what it is:
+  "conv", "dense"  weighted layers (Conv, ConvTranspose; Gemm, MatMul with a constant operand): the rules of
+                   onnxlrp.rules; the composites' own choice, with Zennit's names and parameters. The "first
+                   layer" of the Flat composites is the first weighted layer, that of EpsilonGammaBox the first
+                   convolution, as in Zennit.
+  "affine"         an element-wise affine step that could not be folded into a layer (an unfolded BatchNorm,
+                   a bias, a mask, a scaling): Epsilon; right at a float input (input normalisation): Pass
+  "join"           a sum of computed tensors (residual connections): Norm
+  "pool"           average pooling, reductions, resizing: Norm
+  "softmax"        Norm (its unchanged gradient), or Constant (CP-LRP)
+  "norm"           LayerNorm / RMSNorm with the normaliser held constant, a division by a norm: Norm
+  "nonlinear"      element-wise non-linearities and x * h(x) blocks: Pass (the identity rule)
+  "bilinear"       a product of two computed tensors (Q K^T, P V): UniformShare (each operand half)
+  "gate"           a product whose one operand gates the other (squeeze-excitation, SwiGLU's activation
+                   branch): Constant (the gate held constant); AttnLRP: UniformShare
+Where a composite says nothing about a kind, these defaults hold (docs/rules.md, "One compiler").
+
+A composite's `form` says how its rules are best computed: "relevance" (Zennit's composites: the rules in
+relevance form) or "gradient" (AttnLRP, CP-LRP: LXT's modified gradient, R = t * g); the numbers are those of
+the rules either way, up to the stabiliser.
 """
 from __future__ import annotations
 
@@ -20,11 +38,12 @@ from .rules import Rule
 @dataclass(frozen=True)
 class Layer:
     name: str          # the forward node's name
-    op_type: str       # Conv, ConvTranspose, Gemm
-    kind: str          # "conv" or "dense"
-    index: int         # position among weighted layers, 0 = closest to the input
+    op_type: str       # Conv, ConvTranspose, Gemm, Softmax, ...
+    kind: str          # "conv", "dense", or a block kind (see above)
+    index: int         # position among weighted layers, 0 = closest to the input; -1 for the other kinds
     count: int         # number of weighted layers
-    conv_index: int | None = None  # position among convolutions, None for dense layers
+    conv_index: int | None = None  # position among convolutions, None for the other kinds
+    at_input: bool = False         # an affine step right at a float input (input normalisation)
 
     @property
     def is_first(self) -> bool:
@@ -35,15 +54,42 @@ class Layer:
         return self.index == self.count - 1
 
 
+# the rules each kind of layer takes (weighted kinds take every rule)
+ACCEPTED = {"softmax": (R.Norm, R.Epsilon, R.Constant, R.Pass), "bilinear": (R.UniformShare, R.Pass),
+            "gate": (R.UniformShare, R.Constant, R.Pass), "nonlinear": (R.Pass,), "norm": (R.Norm, R.Epsilon, R.Pass),
+            "join": (R.Norm, R.Epsilon, R.Pass), "pool": (R.Norm, R.Epsilon, R.Pass),
+            "affine": (R.Epsilon, R.Norm, R.Pass)}
+BLOCK_RULES = {"softmax": R.Norm(), "bilinear": R.UniformShare(), "gate": R.Constant(), "nonlinear": R.Pass(),
+               "norm": R.Norm(), "join": R.Norm(), "pool": R.Norm(), "affine": R.Epsilon()}
+
+
 class Composite:
-    """Base class. `rule_for(layer)` gives a weighted layer's rule; `rule_for_op` may override the
-    default treatment of a weight-free node (return None to keep docs/rules.md's default)."""
+    """Base class. `layer_rule(layer)` gives a weighted layer's rule; the other kinds get `block_rules`
+    (BLOCK_RULES unless a composite changes them). `rule_for_op` may set the treatment of an op without a kind
+    (return None to keep docs/rules.md's default)."""
+
+    form = "relevance"
+    block_rules = BLOCK_RULES
 
     def rule_for(self, layer: Layer) -> Rule:
+        if layer.kind in ("conv", "dense"):
+            return self.layer_rule(layer)
+        if layer.kind == "affine" and layer.at_input:
+            return R.Pass()
+        return self.block_rules[layer.kind]
+
+    def layer_rule(self, layer: Layer) -> Rule:
         raise NotImplementedError
 
     def rule_for_op(self, op_type: str, node_name: str) -> Rule | None:
         return None
+
+    def declares(self, layer: Layer) -> bool:
+        """Does a declaration (a LayerMap entry) set this layer's rule, rather than the composite's choice?"""
+        return False
+
+    def prepare(self, layers: list[Layer]) -> None:
+        """Called once with every layer of the model before any rule is asked for."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={_short(v)}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -70,7 +116,7 @@ class _ConvDense(Composite):
     def first_rule(self) -> Rule | None:
         return None
 
-    def rule_for(self, layer: Layer) -> Rule:
+    def layer_rule(self, layer: Layer) -> Rule:
         first = self.first_rule()
         if first is not None:
             is_first = layer.is_first if self.first_kind == "any" else layer.conv_index == 0
@@ -123,7 +169,7 @@ class ExcitationBackprop(Composite):
     def __init__(self, stabilizer=1e-6, zero_bias=False):
         self.stabilizer, self.zero_bias = stabilizer, zero_bias
 
-    def rule_for(self, layer):
+    def layer_rule(self, layer):
         return R.ZPlus(stabilizer=self.stabilizer, zero_bias=self.zero_bias)
 
 
@@ -133,7 +179,7 @@ class Uniform(Composite):
     def __init__(self, rule: Rule):
         self.rule = rule
 
-    def rule_for(self, layer):
+    def layer_rule(self, layer):
         return self.rule
 
 
@@ -147,7 +193,7 @@ class LayerDepth(Composite):
         self.epsilon, self.gamma, self.lower_fraction, self.stabilizer = epsilon, gamma, lower_fraction, stabilizer
         self._n_conv = None
 
-    def rule_for(self, layer):
+    def layer_rule(self, layer):
         if layer.kind == "dense":
             return R.Epsilon(epsilon=0.0)
         if layer.conv_index == 0:
@@ -169,8 +215,8 @@ Selector = Callable[[Layer], bool]
 
 
 def op_type(*names: str) -> Selector:
-    """Match by op type (Conv, ConvTranspose, Gemm) or kind ("conv", "dense")."""
-    return lambda layer: layer.op_type in names or layer.kind in names
+    """Match by op type ("Conv", "Softmax"), kind ("conv", "softmax") or exact node name."""
+    return lambda layer: layer.op_type in names or layer.kind in names or layer.name in names
 
 
 def first() -> Selector:
@@ -218,10 +264,10 @@ def _as_selector(spec) -> Selector:
 class LayerMap(Composite):
     """Rules from an ordered list of (selector, rule); the first matching entry wins, else `base`.
 
-    Selectors: an op type ("Conv", "Gemm") or kind ("conv", "dense"), "first", "last", a range of
-    weighted-layer indices, a glob or compiled regex on node names, or any callable(Layer) -> bool.
-    Entries whose selector is the op type of a weight-free node (e.g. ("MyOp", rules.Pass())) set
-    that node's treatment.
+    Selectors: an op type ("Conv", "Gemm", "Softmax"), a kind ("conv", "dense", "softmax", "gate", ...), a node
+    name, "first", "last", a range of weighted-layer indices, a glob or compiled regex on node names, or any
+    callable(Layer) -> bool. An entry for an op type or node name overrides the op's built-in treatment, also of
+    ops without a kind (e.g. ("MyOp", rules.Pass()) passes relevance through an op onnxlrp does not know).
     """
 
     def __init__(self, entries: Iterable[tuple[object, Rule]], base: Composite | None = None):
@@ -234,62 +280,54 @@ class LayerMap(Composite):
             if select(layer):
                 return rule
         if self.base is None:
+            if layer.kind not in ("conv", "dense"):
+                return super().rule_for(layer)
             raise LookupError(f"no LayerMap entry matches layer '{layer.name}' ({layer.op_type}) and there is no base")
         return self.base.rule_for(layer)
 
+    def declares(self, layer):
+        return any(select(layer) for select, _ in self._compiled) or (self.base is not None
+                                                                      and self.base.declares(layer))
+
     def rule_for_op(self, op_type_name, node_name):
         for spec, rule in self.entries:
-            if spec == op_type_name or (isinstance(spec, str) and any(c in spec for c in "*?[")
-                                         and fnmatch.fnmatchcase(node_name, spec)):
+            if spec in (op_type_name, node_name) or (isinstance(spec, str) and any(c in spec for c in "*?[")
+                                                      and fnmatch.fnmatchcase(node_name, spec)):
                 return rule
         return self.base.rule_for_op(op_type_name, node_name) if self.base is not None else None
 
     def prepare(self, layers):
-        if self.base is not None and hasattr(self.base, "prepare"):
+        if self.base is not None:
             self.base.prepare(layers)
 
     @property
-    def gradient_form(self) -> bool:
-        """A LayerMap over AttnLRP / CP-LRP compiles in their modified-gradient form."""
-        return bool(getattr(self.base, "gradient_form", False))
+    def form(self) -> str:
+        return self.base.form if self.base is not None else "relevance"
 
 
 class AttnLRP(Composite):
-    """AttnLRP (Achtibat et al., ICML 2024) for transformers, in LXT's modified-gradient form (docs/rules.md).
+    """AttnLRP (Achtibat et al., ICML 2024), in LXT's modified-gradient form (docs/rules.md): the kinds' default
+    rules, with the uniform rule on gates too (gate * up: each operand half). `linear` is the rule of the dense
+    layers (default Epsilon: their plain gradient, as in LXT's efficient mode), `conv` that of convolutions (a
+    ViT's patch embedding, a CNN's layers; default: `linear`); Gamma(gamma) on both gives LXT's ViT recipe. A
+    LayerMap over it changes any kind by name (("softmax", rules.Constant()) is CP-LRP's)."""
 
-    Besides the weighted kinds "dense" and "conv", a transformer's layers come in these kinds, each with
-    its rule here (a LayerMap can change them by kind or node name):
-      "softmax"    Norm: the Softmax's own Jacobian (its unchanged gradient), or Constant (CP-LRP)
-      "bilinear"   UniformShare: each operand of Q K^T, P V gets half
-      "gate"       a bilinear Mul whose one operand went through a non-linearity (gate * up): UniformShare,
-                   or Constant (CP-LRP: the gate is a constant)
-      "nonlinear"  Pass: the identity rule on GELU, SiLU, Tanh, ... (R_x = R_y)
-      "norm"       Norm: LayerNorm / RMSNorm with the normaliser held constant, a linear map
-    `linear` is the rule of the dense layers (default Epsilon: their plain gradient, as in LXT's
-    efficient mode), `conv` that of convolutions (the ViT patch embedding; default: `linear`);
-    Gamma(gamma) on both gives LXT's ViT recipe."""
-
-    gradient_form = True
-    BLOCK_RULES = {"softmax": R.Norm(), "bilinear": R.UniformShare(), "gate": R.UniformShare(),
-                   "nonlinear": R.Pass(), "norm": R.Norm()}
+    form = "gradient"
+    block_rules = {**BLOCK_RULES, "gate": R.UniformShare()}
 
     def __init__(self, linear: Rule | None = None, conv: Rule | None = None):
         self.linear = linear if linear is not None else R.Epsilon()
         self.conv = conv
 
-    def rule_for(self, layer):
-        if layer.kind == "conv":
-            return self.conv or self.linear
-        if layer.kind == "dense":
-            return self.linear
-        return self.BLOCK_RULES[layer.kind]
+    def layer_rule(self, layer):
+        return (self.conv or self.linear) if layer.kind == "conv" else self.linear
 
 
 class CPLRP(AttnLRP):
     """CP-LRP (Ali et al., ICML 2022): as AttnLRP, but the attention probabilities and the gates are
     constants, so relevance flows through the values only (conservative)."""
 
-    BLOCK_RULES = {**AttnLRP.BLOCK_RULES, "softmax": R.Constant(), "gate": R.Constant()}
+    block_rules = {**AttnLRP.block_rules, "softmax": R.Constant(), "gate": R.Constant()}
 
 
 NAMED = {
@@ -320,6 +358,6 @@ def get(name: str | Composite | None, **params) -> Composite:
     return NAMED[key](**params)
 
 
-__all__ = ["Layer", "Composite", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonAlpha2Beta1",
+__all__ = ["Layer", "Composite", "ACCEPTED", "BLOCK_RULES", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonAlpha2Beta1",
            "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "ExcitationBackprop", "Uniform", "LayerDepth",
            "LayerMap", "AttnLRP", "CPLRP", "op_type", "first", "last", "index_range", "name_matches", "get", "NAMED"]

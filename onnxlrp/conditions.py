@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from onnx import TensorProto, helper
 
+from .compiler.signals import RELEVANCE, Signal, convert
 from .errors import UnsupportedModelError
 from .graph import ForwardGraph
 
@@ -36,13 +37,28 @@ def resolve_layer(fwd: ForwardGraph, name: str) -> str:
                                 "lists them all")
 
 
-def channel_axis(fwd: ForwardGraph, tensor: str, last_axis_for_rank3: bool) -> tuple[int, int]:
-    """(rank, channel axis) of a conditioned tensor: axis 1, except the last axis of rank-3 tensors of
-    transformers ([batch, seq, hidden])."""
+# layers whose outputs have their channels on axis 1 (NCL, NCHW, ...), and ops that keep the layout
+CHANNELS_FIRST = ("Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "LpPool", "Resize")
+ELEMENT_WISE = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "HardSwish", "Gelu", "Mish",
+                "Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Cast")
+
+
+def _channels_first(fwd: ForwardGraph, tensor: str) -> bool:
+    """Does this rank-3 tensor come from a 1-D convolution ([batch, channels, length]) rather than a transformer
+    layer ([batch, seq, hidden])?"""
+    node = fwd.producer.get(tensor)
+    while node is not None and node.op_type in ELEMENT_WISE:
+        node = fwd.producer.get(node.input[0])
+    return node is not None and node.op_type in CHANNELS_FIRST
+
+
+def channel_axis(fwd: ForwardGraph, tensor: str) -> tuple[int, int]:
+    """(rank, channel axis) of a conditioned tensor: axis 1, except the last axis of a transformer's
+    [batch, seq, hidden]."""
     shape = fwd.shape(tensor)
     if shape is None or len(shape) < 2:
         raise UnsupportedModelError(f"the layer tensor '{tensor}' has no channel axis (shape {shape})")
-    axis = len(shape) - 1 if (len(shape) == 3 and last_axis_for_rank3) else 1
+    axis = len(shape) - 1 if (len(shape) == 3 and not _channels_first(fwd, tensor)) else 1
     if shape[axis] is None:
         raise UnsupportedModelError(f"the layer tensor '{tensor}' has a dynamic channel count")
     return len(shape), axis
@@ -79,7 +95,7 @@ def emit_concepts(b, relevance: str, tensor: str, rank: int, axis: int) -> None:
 class ConceptLayers:
     """The conditioned and concept layers of one compile, and what the compiler's walk does at them."""
 
-    def __init__(self, fwd: ForwardGraph, path, conditions, concepts, last_axis_for_rank3: bool):
+    def __init__(self, fwd: ForwardGraph, path, conditions, concepts):
         produced = {o for node in path for o in node.output}
         self.conditioned, self.concepts = {}, {}
         self.inputs, self.outputs = [], []
@@ -90,7 +106,7 @@ class ConceptLayers:
                 if tensor not in produced:
                     raise UnsupportedModelError(f"layer '{name}' (tensor '{tensor}') is not on the way from the "
                                                 "explained output to the input: no relevance reaches it")
-                rank, axis = channel_axis(fwd, tensor, last_axis_for_rank3)
+                rank, axis = channel_axis(fwd, tensor)
                 into[tensor] = (rank, axis, int(fwd.shape(tensor)[axis]), name)
         for tensor, (_, _, channels, name) in self.conditioned.items():
             self.inputs.append(condition_input(tensor, channels))
@@ -99,20 +115,19 @@ class ConceptLayers:
             self.outputs += concept_outputs(tensor, channels)
             self.concept_outputs[name] = (CONCEPT_PREFIX + tensor, CONCEPT_ABS_PREFIX + tensor)
 
-    def apply(self, b, node, relevance_out: list, received: dict, to_relevance=None) -> list:
-        """At the node producing a concept or conditioned tensor: emit its concept sums, mask its relevance
-        and drop what is still on its way down by other paths. `to_relevance(tensor, value)`: R from what
-        the walk carries (the gradient form carries g; R = t * g)."""
+    def apply(self, b, node, signals: list, received: dict) -> list:
+        """At the node producing a concept or conditioned tensor: emit its concept sums, mask what arrives there
+        and drop what is still on its way down by other paths."""
         for j, out in enumerate(node.output):
-            value = relevance_out[j]
-            if value is None or (out not in self.concepts and out not in self.conditioned):
+            signal = signals[j]
+            if signal is None or (out not in self.concepts and out not in self.conditioned):
                 continue
             if out in self.concepts:
                 rank, axis, _, _ = self.concepts[out]
-                emit_concepts(b, to_relevance(out, value) if to_relevance else value, out, rank, axis)
+                emit_concepts(b, convert(b, signal, out, RELEVANCE), out, rank, axis)
             if out in self.conditioned:
                 rank, axis, _, _ = self.conditioned[out]
                 received.clear()   # relevance cannot bypass the mask
-                relevance_out = [masked(b, value, out, rank, axis) if k == j else None
-                                 for k in range(len(relevance_out))]
-        return relevance_out
+                signals = [Signal(masked(b, signal.name, out, rank, axis), signal.form) if k == j else None
+                           for k in range(len(signals))]
+        return signals

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import UnsupportedModelError
-from .ops.context import NodeContext
+from .ops.context import Context
 from .ops.weighted import LinearMap, propagate
 from .rules import Transform
 
@@ -23,7 +23,7 @@ from .rules import Transform
 class PairwiseMap(LinearMap):
     """The pairwise difference layer of one dense layer, with per-sample weights [N, C, K]."""
 
-    def __init__(self, ctx: NodeContext, target: str):
+    def __init__(self, ctx: Context, target: str):
         weight, bias = ctx.const(1), ctx.const(2)
         super().__init__(ctx, weight, bias)
         b = ctx.b
@@ -95,7 +95,7 @@ class PairwiseMap(LinearMap):
         return b.op("Squeeze", [b.op("MatMul", [row, self.weight_name(weight)]), b.ints([1])])  # [N, K]
 
 
-def start_relevance(ctx: NodeContext, layer: PairwiseMap, target: str, n_classes: int) -> str:
+def start_relevance(ctx: Context, layer: PairwiseMap, target: str, n_classes: int) -> str:
     """R_(c,c') = z exp(-z) / sum_(c'' != c) exp(-z), zero for c' = c (a softmax over -z without c)."""
     b = ctx.b
     others = b.op("Sub", [b.scalar(1.0), b.op("OneHot", [target, b.ints([n_classes]),
@@ -106,10 +106,10 @@ def start_relevance(ctx: NodeContext, layer: PairwiseMap, target: str, n_classes
     return b.op("Mul", [layer.z, weights], hint="start")
 
 
-def contrastive_relevance(ctx: NodeContext, target: str, n_classes: int) -> tuple[list, str]:
+def contrastive_relevance(ctx: Context, target: str, n_classes: int) -> tuple[list, str]:
     """(relevance per input of the dense layer, as a handler returns it; the start relevance on the
     pairwise outputs)."""
     layer = PairwiseMap(ctx, target)
     start = start_relevance(ctx, layer, target, n_classes)
-    layer.ctx = replace(ctx, relevance_out=[start])
+    layer.ctx = replace(ctx, signals=[start])
     return [propagate(layer.ctx, layer, ctx.rule)] + [None] * (len(ctx.node.input) - 1), start

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .compiler.assemble import CompiledExplainer, write_metadata
 from .errors import UnsupportedModelError
 
 ML = "ai.onnx.ml"
@@ -107,7 +108,6 @@ class _Graph:
 
 def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
     """The explainer of a one-class SVM: the neuralized network, its outlier score and OC-DTD relevance."""
-    from .compiler import CompiledExplainer, _write_metadata
     if mode != "logit":
         raise UnsupportedModelError(f"mode '{mode}': a one-class SVM is explained from its outlier score only "
                                     "(mode 'logit', the default)")
@@ -179,5 +179,5 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
         target_output=None, logits=OUTLIER_OUTPUT, n_classes=0, start_shape=(), score_output=OUTLIER_OUTPUT,
         layer_rules=[(svm.name, "SVMRegressor", f"OC-DTD ({p['kernel']} kernel, gamma {gamma:g}, "
                       f"{len(p['coefficients'])} support vectors)")])
-    _write_metadata(compiled, "OC-DTD", mode)
+    write_metadata(compiled, "OC-DTD", mode)
     return compiled

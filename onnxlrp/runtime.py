@@ -16,7 +16,7 @@ from . import composites as composites_module
 from .compiler import CompiledExplainer, abs_sum_name, compile_explainer
 from .errors import InputError, UnsupportedModelError
 from .model import free_input_dims, load_model, with_input_shapes
-from .output_relevance import MODES
+from .compiler.start import MODES
 
 # The CUDA provider with full float32 convolutions and matrix products: onnxruntime's default TF32 keeps 10
 # bits of mantissa (a relative error near 5e-4 per product), above docs/rules.md's 1e-4 agreement with Zennit.
@@ -110,7 +110,7 @@ class Explainer:
 
     def _free_shapes(self, x) -> dict | None:
         """For a relevance-form composite on a model with free non-batch input dims: the shapes of `x`."""
-        if x is None or getattr(self.composite, "gradient_form", False):
+        if x is None or self.composite.form == "gradient":
             return None
         free = free_input_dims(self.model)
         if not free:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import onnx
 
 from .graph import ForwardGraph
-from .ops.registry import WEIGHTED
 from .rules import Norm, Pass, Rule
 
 # consumers that route relevance position by position and map a zero input to a zero output
@@ -26,8 +25,8 @@ INPUT_TIMES = ("Add", "Sum", "AveragePool", "GlobalAveragePool")
 
 class ZeroRelevance:
     def __init__(self, fwd: ForwardGraph, path: list[onnx.NodeProto], rules: dict[str, Rule], logits: str,
-                 live: set[str]):
-        self.fwd, self.rules, self.logits, self.live = fwd, rules, logits, live
+                 live: set[str], kinds: dict[str, str]):
+        self.fwd, self.rules, self.logits, self.live, self.kinds = fwd, rules, logits, live, kinds
         self.on_path = {node.name for node in path}
         self._cache: dict[str, bool] = {}
 
@@ -45,9 +44,10 @@ class ZeroRelevance:
 
     def _consumer_keeps_zeros(self, node: onnx.NodeProto, tensor: str) -> bool:
         rule = self.rules.get(node.name)
-        if isinstance(rule, Pass):
+        kind = self.kinds.get(node.name)
+        if isinstance(rule, Pass) and kind != "nonlinear":   # a layer or join declared Pass sends R as it is
             return False
-        if node.op_type in WEIGHTED:
+        if kind in ("conv", "dense"):
             if node.input[0] != tensor or rule is None:
                 return False
             if isinstance(rule, Norm):
@@ -72,5 +72,4 @@ class ZeroRelevance:
         consumers = [c for c in self.fwd.consumers.get(z, []) if c.name in self.on_path]
         if z == self.logits or not consumers:
             return False
-        return all(c.op_type == "Relu" and not isinstance(self.rules.get(c.name), Pass)
-                   and self.zero_preserving(c.output[0]) for c in consumers)
+        return all(c.op_type == "Relu" and self.zero_preserving(c.output[0]) for c in consumers)

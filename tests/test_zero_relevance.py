@@ -5,7 +5,8 @@ import pytest
 
 from onnxlrp import Explainer, composites, rules
 from onnxlrp.canonical import canonicalize
-from onnxlrp.compiler import _assign_rules, _name_nodes, compile_explainer, path_nodes_of
+from onnxlrp.compiler import _name_nodes, compile_explainer
+from onnxlrp.compiler.analysis import analyse, explained_sources
 from onnxlrp.graph import ForwardGraph
 from onnxlrp.model import load_model
 from onnxlrp.zero_relevance import ZeroRelevance
@@ -39,10 +40,9 @@ def _zeros(model_path, composite):
     canonical = canonicalize(load_model(model_path), None)
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)
-    live = fwd.descendants(fwd.input_names)
-    path = path_nodes_of(fwd, fwd.input_names, canonical.logits)
-    rule_map, _ = _assign_rules(composites.get(composite), fwd, path, fwd.input_names[0])
-    return fwd, ZeroRelevance(fwd, path, rule_map, canonical.logits, live), path
+    analysis = analyse(fwd, explained_sources(fwd, None), canonical.logits, composites.get(composite))
+    zeros = ZeroRelevance(fwd, analysis.path, analysis.rules, canonical.logits, analysis.live, analysis.kinds)
+    return fwd, zeros, analysis.path
 
 
 def test_which_layers_qualify(models_dir):

@@ -80,7 +80,7 @@ OFF = {
     "relu": (ZeroRelevance, "relu_of", lambda self, node: None),
     "sign": (weighted, "_known_sign", _nonnegative_only),
     "mask": (weighted, "_gated", _gated_by_where),
-    "shapes": (context.NodeContext, "reshape_back", lambda self, r, j=0, i=0: self.b.reshape_like(r, self.x(i))),
+    "shapes": (context.Context, "reshape_back", lambda self, r, j=0, i=0: self.b.reshape_like(r, self.x(i))),
     "ones": (conv.ConvMap, "_ones_transpose", lambda self, s: self._general_transpose(s, ONES)),
     "zbox": (weighted, "_transposes", _each_transposed),
     "shared": (weighted, "_denominators_from_forward", lambda *args: None),

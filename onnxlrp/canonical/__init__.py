@@ -14,6 +14,7 @@ from ..errors import UnsupportedModelError
 from .affine import fold_affine
 from .batch import make_batch_dynamic
 from .batchnorm import fold_batchnorm
+from .defuse import defuse_contrib_ops
 from .dense import normalise_dense
 from .fold_constants import fold_constants
 from .identity import remove_identities
@@ -29,24 +30,20 @@ class CanonicalModel:
     output_names: list[str]  # the original model's outputs, in order
 
 
-def canonicalize(model: onnx.ModelProto, output: int | str | None = None,
-                 layer_rewrites: bool = True) -> CanonicalModel:
-    """layer_rewrites: also fold pads, affine steps and BatchNorms into the layers (the relevance-form
-    compiler); the modified-gradient compiler only needs dense layers in one form."""
+def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> CanonicalModel:
     output_names = [o.name for o in model.graph.output]
+    model = defuse_contrib_ops(model)
     model = normalise_versions(model)
     model = make_batch_dynamic(model)
     model = fold_until_stable(model)
     graph = gs.import_onnx(model)
     remove_identities(graph)
-    if layer_rewrites:
-        explicit_pads(graph)
-        fold_pad_into_conv(graph)
+    explicit_pads(graph)
+    fold_pad_into_conv(graph)
     normalise_dense(graph)
-    if layer_rewrites:
+    fold_affine(graph)
+    if fold_batchnorm(graph):
         fold_affine(graph)
-        if fold_batchnorm(graph):
-            fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = infer_shapes(_export(graph, model.ir_version))
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names)

@@ -1,5 +1,5 @@
-"""Relevance handlers, one module per op family; importing this package registers them all."""
-from . import activation, conv, dense, join, pool, reduce, resample, select, shape  # noqa: F401  (registration side effects)
-from .registry import HANDLERS, WEIGHTED, handler_for, register
+"""The op families, one module each; importing this package declares them all in the registry."""
+from . import activation, arithmetic, conv, dense, norm, pool, reduce, resample, routing, softmax  # noqa: F401
+from .registry import FAMILIES, Family, family_of
 
-__all__ = ["HANDLERS", "WEIGHTED", "handler_for", "register"]
+__all__ = ["FAMILIES", "Family", "family_of"]

@@ -1,11 +1,12 @@
-"""What a handler works with: a builder for relevance nodes, and the forward node in context.
+"""What a handler works with: a builder for the emitted nodes, and the forward node in context.
 
 A handler speaks in the terms of the formulas: forward input i (`ctx.x(i)`), forward output j
-(`ctx.y(j)`), relevance at output j (`ctx.R(j)`), and returns the relevance for each input.
+(`ctx.y(j)`), the relevance (or modified gradient) at output j (`ctx.R(j)`, `ctx.g(j)`), and returns what it
+sends to each input, None where nothing goes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedOpError
 from ..graph import ForwardGraph
-from ..rules import DEFAULT_STABILIZER, Norm, Pass, Rule
+from ..rules import Rule
 
 
 class Builder:
@@ -119,14 +120,31 @@ class Builder:
         return reduced
 
 
-class NodeAttributes:
-    """What both handler contexts (relevance and gradient form) read off their forward `node`."""
+@dataclass
+class Context:
+    """One forward node in context, for the handlers of its family (onnxlrp.ops.registry)."""
 
-    node: onnx.NodeProto
+    node: onnx.NodeProto          # the forward node as it goes into the explainer (a handler may add outputs)
+    graph: ForwardGraph
+    b: Builder
+    rule: Rule | None             # from the composite (or a declaration); None for ops without a rule
+    signals: list[str | None]     # per output: relevance R or modified gradient g, in the handler's form
+    carries: list[bool]           # per input: does relevance flow back into it?
+    kind: str | None = None
+    opset: int = 17
+    only_where_positive: bool = False   # relevance at the output is 0 wherever the output is <= 0
+    relu_of_output: str | None = None   # then: a forward ReLU of the output, if the graph has one
+    extra: dict = field(default_factory=dict)
+
+    # ---- the forward node ----
 
     @property
     def name(self) -> str:
         return self.node.name
+
+    @property
+    def op(self) -> str:
+        return self.node.op_type
 
     def x(self, i: int = 0) -> str:
         return self.node.input[i]
@@ -149,21 +167,6 @@ class NodeAttributes:
             self.node.output[j] = f"lrp/{self.node.name}/{hint}"
         return self.node.output[j]
 
-
-@dataclass
-class NodeContext(NodeAttributes):
-    node: onnx.NodeProto          # the forward node as it goes into the explainer (a handler may add outputs)
-    graph: ForwardGraph
-    b: Builder
-    rule: Rule | None             # from the composite for weighted layers and declared ops, else None
-    relevance_out: list[str | None]
-    live: list[bool]              # per input: does it depend on the explained input?
-    only_where_positive: bool = False   # relevance at the output is 0 wherever the output is <= 0
-    relu_of_output: str | None = None   # then: a forward ReLU of the output, if the graph has one
-
-    def R(self, j: int = 0) -> str | None:  # noqa: N802 - the formulas' name
-        return self.relevance_out[j]
-
     def const(self, i: int) -> np.ndarray | None:
         if i >= len(self.node.input) or not self.node.input[i]:
             return None
@@ -172,24 +175,78 @@ class NodeContext(NodeAttributes):
     def shape(self, name: str) -> tuple | None:
         return self.graph.shape(name)
 
+    def rank(self, name: str) -> int | None:
+        shape = self.graph.shape(name)
+        return None if shape is None else len(shape)
+
     def static_shape(self, name: str) -> tuple:
         """The shape of `name`, which must be static apart from the batch (else a clear error)."""
         shape = self.graph.shape(name)
         if shape is None or any(d is None for d in shape[1:]):
-            raise UnsupportedOpError(self.node.op_type, self.name, f"the shape {shape} of '{name}' is not static apart "
+            raise UnsupportedOpError(self.op, self.name, f"the shape {shape} of '{name}' is not static apart "
                                      "from the batch; give the model a fixed input size")
         return tuple(shape)
 
-    def reshape_back(self, relevance: str, j: int = 0, i: int = 0) -> str:
-        """The relevance of output j reshaped to the shape of input i. Where both share the batch and the
+    # ---- what arrives at the outputs ----
+
+    def R(self, j: int = 0) -> str | None:  # noqa: N802 - the formulas' name
+        return self.signals[j]
+
+    def g(self, j: int = 0) -> str | None:
+        return self.signals[j]
+
+    def carries_relevance(self, i: int) -> bool:
+        return i < len(self.carries) and self.carries[i]
+
+    def none(self) -> list[None]:
+        return [None] * len(self.node.input)
+
+    def only(self, i: int, value: str) -> list[str | None]:
+        """`value` for input i, nothing for the others."""
+        result = self.none()
+        result[i] = value
+        return result
+
+    # ---- shapes of what goes back ----
+
+    def reshape_back(self, tensor: str, j: int = 0, i: int = 0) -> str:
+        """A tensor shaped like output j reshaped to the shape of input i. Where both share the batch and the
         input's other dims are static, the target is the constant [0, d1, ...]: shape inference then keeps
         the batch's name, which onnxruntime's NCHWc layout pass needs to keep the Mul and Add below it in
         its blocked layout (a Shape-fed Reshape loses every dim and costs two reorders per layer)."""
         x, y = self.x(i), self.y(j)
         shape = self.shape(x)
         if shape and all(d is not None for d in shape[1:]) and self.graph.same_first_dim(x, y):
-            return self.b.op("Reshape", [relevance, self.b.ints([0, *shape[1:]])])
-        return self.b.reshape_like(relevance, x)
+            return self.b.op("Reshape", [tensor, self.b.ints([0, *shape[1:]])])
+        return self.b.reshape_like(tensor, x)
+
+    def expand_target(self, like: str) -> str:
+        """The shape to Expand a batch-shaped tensor to `like`'s: constant [1, d1, ...] where the sample shape is
+        static (shape inference then keeps the batch, see reshape_back), else read at run time."""
+        shape = self.shape(like)
+        if shape and all(d is not None for d in shape[1:]):
+            return self.b.ints([1, *shape[1:]])
+        return self.b.op("Shape", [like])
+
+    def unbroadcast(self, tensor: str, i: int) -> str:
+        """A tensor shaped like the (broadcast) output summed back to the shape of input i (numpy
+        broadcasting). Axes where input i is statically 1 and the output is not are summed; a dim unknown on
+        either side is taken to be the same size (broadcasting a computed tensor along a dynamic axis is not
+        a pattern exporters emit)."""
+        x_shape, y_shape = self.shape(self.x(i)), self.shape(self.y())
+        if x_shape is None or y_shape is None:
+            if x_shape is not None and y_shape is None and all(d is not None and d > 1 for d in x_shape):
+                return tensor
+            raise UnsupportedOpError(self.op, self.name, f"the rank of '{self.x(i)}' or of its output is unknown "
+                                     "after shape inference; export the model with static ranks")
+        lead = len(y_shape) - len(x_shape)
+        b = self.b
+        if lead:
+            tensor = b.op("ReduceSum", [tensor, b.ints(list(range(lead)))], keepdims=0)
+        axes = [k for k, (dx, dy) in enumerate(zip(x_shape, y_shape[lead:])) if dx == 1 and dy != 1]
+        if axes:
+            tensor = b.op("ReduceSum", [tensor, b.ints(axes)], keepdims=1)
+        return tensor
 
     def divide_by_output(self, relevance: str, eps: float) -> str:
         """R / stab(y) for this node's own output y. Where R is 0 wherever y <= 0 and the forward graph
@@ -198,10 +255,3 @@ class NodeContext(NodeAttributes):
             stabilized = self.b.op("Add", [self.relu_of_output, self.b.scalar(eps)], hint="stab_relu")
             return self.b.op("Div", [relevance, stabilized])
         return self.b.divide(relevance, self.y(), eps)
-
-    def norm_stabilizer(self) -> float | None:
-        """The stabiliser of this weight-free node's Norm rule (the default one unless declared), or None
-        if the node was declared Pass; each handler says what Pass means for it."""
-        if isinstance(self.rule, Pass):
-            return None
-        return self.rule.stabilizer if isinstance(self.rule, Norm) else DEFAULT_STABILIZER

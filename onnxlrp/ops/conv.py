@@ -11,11 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..rules import ONES
-from .context import NodeContext
+from ..rules import IDENTITY, ONES
+from .context import Context
 from .evaluate import evaluate_node
-from .registry import register
+from .registry import family, relevance, vjp
 from .weighted import LinearMap, propagate
+
+CONV = family("convolution", "Conv", kind="conv")
+CONV_TRANSPOSE = family("transposed convolution", "ConvTranspose", kind="conv")
 
 
 def transpose_geometry(in_size, out_size, kernel, strides, dilations, pads):
@@ -34,7 +37,7 @@ def transpose_geometry(in_size, out_size, kernel, strides, dilations, pads):
 
 
 class _ConvGeometry:
-    def __init__(self, ctx: NodeContext, kernel):
+    def __init__(self, ctx: Context, kernel):
         nd = len(kernel)
         self.kernel = list(kernel)
         self.strides = list(ctx.attr("strides", [1] * nd))
@@ -54,7 +57,7 @@ class _ConvGeometry:
 
 
 class ConvMap(LinearMap):
-    def __init__(self, ctx: NodeContext):
+    def __init__(self, ctx: Context):
         weight = ctx.const(1)
         if weight is None:
             raise UnsupportedOpError("Conv", ctx.name, "its weight is computed in the graph; only constant weights "
@@ -138,7 +141,7 @@ class ConvMap(LinearMap):
 class ConvTransposeMap(LinearMap):
     """A ConvTranspose inside the model: its forward is ConvTranspose, its transpose a Conv."""
 
-    def __init__(self, ctx: NodeContext):
+    def __init__(self, ctx: Context):
         weight = ctx.const(1)
         if weight is None:
             raise UnsupportedOpError("ConvTranspose", ctx.name, "its weight is computed in the graph")
@@ -172,11 +175,21 @@ class ConvTransposeMap(LinearMap):
         return self.ctx.b.op("Conv", [s, self.weight_name(weight)], **self.geometry.attrs())
 
 
-@register("Conv", weighted="conv")
-def conv(ctx: NodeContext):
-    return [propagate(ctx, ConvMap(ctx), ctx.rule)]
+@relevance(CONV)
+def conv(ctx: Context):
+    return ctx.only(0, propagate(ctx, ConvMap(ctx), ctx.rule))
 
 
-@register("ConvTranspose", weighted="conv")
-def conv_transpose(ctx: NodeContext):
-    return [propagate(ctx, ConvTransposeMap(ctx), ctx.rule)]
+@vjp(CONV)
+def conv_vjp(ctx: Context, seeds):
+    return ctx.only(0, ConvMap(ctx).transpose(seeds[0], IDENTITY))
+
+
+@relevance(CONV_TRANSPOSE)
+def conv_transpose(ctx: Context):
+    return ctx.only(0, propagate(ctx, ConvTransposeMap(ctx), ctx.rule))
+
+
+@vjp(CONV_TRANSPOSE)
+def conv_transpose_vjp(ctx: Context, seeds):
+    return ctx.only(0, ConvTransposeMap(ctx).transpose(seeds[0], IDENTITY))

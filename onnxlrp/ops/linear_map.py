@@ -14,12 +14,12 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedOpError
-from .context import NodeContext
+from .context import Context
 
 LINEAR_MAP_MAX_ENTRIES = 1 << 24
 
 
-def _run_node(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+def _run_node(ctx: Context, x: np.ndarray) -> np.ndarray:
     """The forward node alone, with its constant inputs, on a batch of inputs."""
     inputs, inits = ["x"], []
     for i, name in enumerate(ctx.node.input[1:], start=1):
@@ -42,7 +42,7 @@ def _run_node(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": x.astype(np.float32)})[0]
 
 
-def linear_map(ctx: NodeContext, eps: float):
+def linear_map(ctx: Context, eps: float):
     x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
     n_in, n_out = int(np.prod(x_shape[1:])), int(np.prod(y_shape[1:]))
     if n_in * n_out > LINEAR_MAP_MAX_ENTRIES:

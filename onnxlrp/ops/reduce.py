@@ -1,14 +1,17 @@
-"""ReduceMean / ReduceSum over non-batch axes: Norm, R_x = x * J^T [R / stab(y)] (docs/rules.md)."""
+"""ReduceMean / ReduceSum over non-batch axes: linear maps (kind "pool", Norm by default, docs/rules.md); their J^T
+spreads each seed over the elements it summed (divided by their count for a mean)."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from .context import NodeContext
-from .registry import register
+from .context import Context
+from .registry import family, vjp
+
+REDUCE = family("reduction", "ReduceMean", "ReduceSum", kind="pool")
 
 
-def _reduced_axes(ctx: NodeContext, rank: int) -> list[int]:
+def _reduced_axes(ctx: Context, rank: int) -> list[int]:
     axes = ctx.attr("axes")
     if axes is None and len(ctx.node.input) > 1 and ctx.node.input[1]:
         axes = ctx.const(1)
@@ -25,18 +28,21 @@ def _reduced_axes(ctx: NodeContext, rank: int) -> list[int]:
     return axes
 
 
-@register("ReduceMean", "ReduceSum")
-def reduce(ctx: NodeContext):
-    """Norm"""
-    eps = ctx.norm_stabilizer()
-    if eps is None:
-        raise UnsupportedOpError(ctx.node.op_type, ctx.name, "Pass cannot undo a reduction; use Norm")
-    x_shape = ctx.static_shape(ctx.x())
-    axes = _reduced_axes(ctx, len(x_shape))
-    b = ctx.b
-    s = b.divide(ctx.R(), ctx.y(), eps)
+@vjp(REDUCE)
+def reduce(ctx: Context, seeds):
+    x, b = ctx.x(), ctx.b
+    rank = ctx.rank(x)
+    if rank is None:
+        raise UnsupportedOpError(ctx.op, ctx.name, "the rank of its input is unknown")
+    axes = _reduced_axes(ctx, rank)
+    seed = seeds[0]
     if axes and not int(ctx.attr("keepdims", 1)):
-        s = b.op("Unsqueeze", [s, b.ints(axes)])
-    if ctx.node.op_type == "ReduceMean" and axes:
-        s = b.op("Mul", [s, b.scalar(1.0 / float(np.prod([x_shape[a] for a in axes])))])
-    return [b.op("Mul", [ctx.x(), s])] + [None] * (len(ctx.node.input) - 1)
+        seed = b.op("Unsqueeze", [seed, b.ints(axes)])
+    if ctx.op == "ReduceMean" and axes:
+        x_shape = ctx.shape(x)
+        if all(x_shape[a] is not None for a in axes):
+            seed = b.op("Mul", [seed, b.scalar(1.0 / float(np.prod([x_shape[a] for a in axes])))])
+        else:   # a free dim (a sequence length): the count at run time
+            count = b.op("Div", [b.op("Cast", [b.op("Size", [x])], to=1), b.op("Cast", [b.op("Size", [ctx.y()])], to=1)])
+            seed = b.op("Div", [seed, count])
+    return ctx.only(0, b.op("Expand", [seed, ctx.expand_target(x)]))

@@ -1,24 +1,76 @@
-"""The op registry: one handler per op family, looked up by op type. A duplicate is an error."""
+"""The op registry: every op family declared once, with its traits and the functions that send relevance back
+through its nodes. A duplicate registration is an error.
+
+A family may give:
+  kind       the kind of layer its nodes are (asked of the composite for a rule: "conv", "dense", "affine",
+             "join", "pool", "softmax", "norm", "nonlinear", "bilinear", "gate"), or a function of the node
+             that tells (Mul is affine, a gate, bilinear or a normaliser, depending on its operands); None for
+             ops that only move elements and take no rule
+  vjp        J^T: the seeds at the node's outputs mapped back to each input, with whatever the rule holds
+             constant held constant (the modified gradient). It serves the Norm and Epsilon rules in both forms
+             (gradient: g_x = J^T g_y; relevance: R_x = x * J^T [R_y / stab(y)]) and the uniform rule (times
+             its share)
+  relevance  a relevance-form handler of the family's own, for rules that are not a plain J^T (ZPlus,
+             Gamma, Flat on weighted layers; deep Taylor's p-norm pooling)
+  routes     the op only moves, copies or selects elements: its J^T routes relevance R and gradient g alike
+  holds      the inputs or outputs of a node that its rule holds constant (a gate under rules.Constant, a
+             normalising divisor): no relevance flows through them
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
-HANDLERS: dict[str, Callable] = {}
-# op types whose node is a weighted layer (gets a rule from the composite), with their kind
-WEIGHTED: dict[str, str] = {}
+KINDS = ("conv", "dense", "affine", "join", "pool", "softmax", "norm", "nonlinear", "bilinear", "gate")
+WEIGHTED_KINDS = ("conv", "dense")
 
 
-def register(*op_types: str, weighted: str | None = None):
-    def decorate(handler: Callable) -> Callable:
-        for op in op_types:
-            if op in HANDLERS:
-                raise RuntimeError(f"a relevance handler for {op} is already registered ({HANDLERS[op].__name__})")
-            HANDLERS[op] = handler
-            if weighted:
-                WEIGHTED[op] = weighted
-        return handler
-    return decorate
+@dataclass
+class Family:
+    name: str
+    op_types: tuple[str, ...]
+    kind: str | Callable | None = None
+    vjp: Callable | None = None
+    relevance: Callable | None = None
+    routes: bool = False
+    holds: Callable | None = None
+
+    def kind_of(self, node, analysis) -> str | None:
+        return self.kind(node, analysis) if callable(self.kind) else self.kind
 
 
-def handler_for(op_type: str) -> Callable | None:
-    return HANDLERS.get(op_type)
+FAMILIES: dict[str, Family] = {}
+
+
+def family(name: str, *op_types: str, kind: str | Callable | None = None, routes: bool = False) -> Family:
+    """Declare an op family; attach its functions with `@f.vjp_handler` and `@f.relevance_handler`."""
+    declared = Family(name, op_types, kind=kind, routes=routes)
+    for op in op_types:
+        if op in FAMILIES:
+            raise RuntimeError(f"op {op} is already declared in family '{FAMILIES[op].name}'")
+        FAMILIES[op] = declared
+    return declared
+
+
+def vjp(declared: Family):
+    def attach(function: Callable) -> Callable:
+        if declared.vjp is not None:
+            raise RuntimeError(f"family '{declared.name}' already has a VJP ({declared.vjp.__name__})")
+        declared.vjp = function
+        return function
+    return attach
+
+
+def relevance(declared: Family):
+    def attach(function: Callable) -> Callable:
+        if declared.relevance is not None:
+            raise RuntimeError(f"family '{declared.name}' already has a relevance handler")
+        declared.relevance = function
+        return function
+    return attach
+
+
+def family_of(op_type: str, domain: str = "") -> Family | None:
+    if domain not in ("", "ai.onnx"):
+        return None
+    return FAMILIES.get(op_type)

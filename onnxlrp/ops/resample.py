@@ -1,5 +1,4 @@
-"""Resize (nearest, linear, cubic): linear maps of their input, relevance by Norm,
-R_x = x * J^T [R / stab(y)] (docs/rules.md).
+"""Resize (nearest, linear, cubic): linear maps of their input (kind "pool", Norm by default, docs/rules.md).
 
 Resize acts on each axis separately, so J is a product of one small matrix per resized axis
 (out_k x in_k). Each matrix is computed once, at compile time, by resizing the unit vectors with the
@@ -11,12 +10,14 @@ import numpy as np
 import onnx
 
 from ..errors import UnsupportedOpError
-from .context import NodeContext
+from .context import Context
 from .evaluate import evaluate_node
-from .registry import register
+from .registry import family, vjp
+
+RESIZE = family("resize", "Resize", kind="pool")
 
 
-def _axis_matrix(ctx: NodeContext, axis: int, rank: int, n_in: int, n_out: int, scale: float | None) -> np.ndarray:
+def _axis_matrix(ctx: Context, axis: int, rank: int, n_in: int, n_out: int, scale: float | None) -> np.ndarray:
     """A (n_out x n_in): the node's resize along one axis, applied to the unit vectors."""
     shape = [1] * rank
     shape[0], shape[axis] = n_in, n_in
@@ -37,7 +38,7 @@ def _axis_matrix(ctx: NodeContext, axis: int, rank: int, n_in: int, n_out: int, 
     return out.T
 
 
-def _scales(ctx: NodeContext, rank: int) -> list[float] | None:
+def _scales(ctx: Context, rank: int) -> list[float] | None:
     """The per-axis scales the node uses, or None where it is given output sizes (then the statically
     inferred output shape says what they are)."""
     if str(ctx.attr("keep_aspect_ratio_policy", "stretch")) != "stretch":
@@ -54,12 +55,8 @@ def _scales(ctx: NodeContext, rank: int) -> list[float] | None:
     return None
 
 
-@register("Resize")
-def resize(ctx: NodeContext):
-    """Norm (linear map)"""
-    eps = ctx.norm_stabilizer()
-    if eps is None:
-        raise UnsupportedOpError(ctx.node.op_type, ctx.name, "Pass cannot undo a resize; use Norm")
+@vjp(RESIZE)
+def resize(ctx: Context, seeds):
     if str(ctx.attr("coordinate_transformation_mode", "")) == "tf_crop_and_resize":
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "tf_crop_and_resize depends on a region of interest "
                                  "and is not supported")
@@ -69,7 +66,7 @@ def resize(ctx: NodeContext):
     b = ctx.b
     if scales is not None and scales[0] != 1.0:
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "it resizes the batch axis")
-    back = b.divide(ctx.R(), ctx.y(), eps)
+    back = seeds[0]
     for axis in range(1, rank):
         scale = scales[axis] if scales is not None else None
         if x_shape[axis] == y_shape[axis] and (scale is None or scale == 1.0):
@@ -82,4 +79,4 @@ def resize(ctx: NodeContext):
             back = b.op("MatMul", [back, b.const(matrix, hint="resize_matrix")])
         else:
             back = b.op("MatMul", [b.const(np.ascontiguousarray(matrix.T), hint="resize_matrix_t"), back])
-    return [b.op("Mul", [ctx.x(), back])] + [None] * (len(ctx.node.input) - 1)
+    return ctx.only(0, back)

@@ -11,13 +11,13 @@ import onnx
 
 from ..rules import CONSTANT_INPUTS, IDENTITY, NEGATIVE, POSITIVE, Group, Norm, Pass, Rule, Transform
 from ..rules import Epsilon
-from .context import NodeContext
+from .context import Context
 
 
 class LinearMap:
     """z = W x + b for one weighted node. Subclasses emit the actual ops."""
 
-    def __init__(self, ctx: NodeContext, weight: np.ndarray, bias: np.ndarray | None):
+    def __init__(self, ctx: Context, weight: np.ndarray, bias: np.ndarray | None):
         self.ctx = ctx
         self.weight = weight
         self.bias = bias
@@ -79,7 +79,7 @@ class LinearMap:
         raise NotImplementedError
 
 
-def propagate(ctx: NodeContext, layer: LinearMap, rule: Rule) -> str:
+def propagate(ctx: Context, layer: LinearMap, rule: Rule) -> str:
     """Relevance sent to the layer's input under `rule`."""
     if isinstance(rule, Pass):
         return ctx.R()
@@ -166,7 +166,7 @@ def _transposes(ctx, layer: LinearMap, s: str, weights: list[Transform]) -> dict
 class _InputParts:
     """x, x+, x-, and the constant inputs (ones, low, high), each emitted at most once."""
 
-    def __init__(self, ctx: NodeContext, layer: LinearMap):
+    def __init__(self, ctx: Context, layer: LinearMap):
         self.ctx, self.layer = ctx, layer
         self.x = ctx.x()
         self.nonnegative = ctx.graph.is_nonnegative(self.x)

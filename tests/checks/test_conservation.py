@@ -18,7 +18,7 @@ def test_linear_model_by_hand(rng):
     np.testing.assert_allclose(report.layers[1].relative_sum, (z - b[1]) / z, rtol=1e-4)
     negative = np.clip(contributions, None, 0).sum(1) / np.abs(contributions).sum(1)
     np.testing.assert_allclose(report.layers[1].negative_share, -negative, rtol=1e-4)
-    assert "| dense0 | Epsilon(epsilon=0.0" in report.table()
+    assert "| dense0 | dense: Epsilon(epsilon=0.0" in report.table()
 
 
 def test_bias_free_relu_net_conserves_and_zplus_is_positive(rng, tmp_path):

@@ -43,13 +43,13 @@ def test_inspect_lists_every_block_with_its_rule(rng):
     assert any("softmax: Constant()" in rule for _, _, rule in compiled.layer_rules)
 
 
-def test_contrastive_start_explains_the_target_against_the_mean_of_the_others(rng):
+def test_mean_contrast_start_explains_the_target_against_the_mean_of_the_others(rng):
     table, w = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=(3, 2)).astype(np.float32)
     w = np.concatenate([w, rng.normal(size=(3, 2)).astype(np.float32)], axis=1)   # 4 classes
     model = _model(EMBEDDING.replace("float[N, 2] y", "float[N, 4] y"), table=table, w=w)
     ids = rng.integers(0, 7, size=(2, 5))
     ex = Explainer(model, composite="attn_lrp")
-    res = ex.explain({"ids": ids}, target=1, mode="contrastive")
+    res = ex.explain({"ids": ids}, target=1, mode="mean_contrast")
     logits = res.outputs[0]
     expected = logits[:, 1] - (logits.sum(1) - logits[:, 1]) / 3   # linear, bias-free: conserved exactly
     np.testing.assert_allclose(res.relevance.sum(1), expected, rtol=1e-5)

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxlrp import Explainer
 from onnxlrp.errors import OnnxLrpError
-from onnxlrp.gradient.defuse import defuse_contrib_ops
+from onnxlrp.canonical.defuse import defuse_contrib_ops
 
 B, S, H, HEADS = 2, 5, 8, 2
 

@@ -153,15 +153,29 @@ def test_gate_is_held_constant(gate, rng):
     R = rng.normal(size=(2, 48)).astype(np.float32)
     explainer = Explainer(model, composite=composites.Uniform(rules.Epsilon()))
     assert np.array_equal(explainer.explain(x, mode="custom", output_relevance=R).relevance, R.reshape(x.shape))
-    # the gate's own layers are not on the relevance path
-    assert [name for name, _, _ in explainer.compiled().layer_rules] == []
+    # the product is the only layer: the gate's own layers are not on the relevance path; x * h(x) with h
+    # element-wise is one non-linearity (the identity rule), a gate computed through a layer is held constant
+    expected = "gate: Constant()" if gate == "squeeze_excitation" else "nonlinear: Pass()"
+    assert [(name, rule) for name, _, rule in explainer.compiled().layer_rules] == [("gated", expected)]
 
 
-def test_product_of_unrelated_tensors_is_refused():
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+def test_product_of_unrelated_tensors_shares_relevance_uniformly(rng):
+    """docs/rules.md, "One compiler": a product of two computed tensors, neither gating the other, gives each
+    operand half of its relevance (AttnLRP's uniform rule), whatever the composite."""
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"]), helper.make_node("MatMul", ["x", "wb"], ["b"]),
              helper.make_node("Mul", ["a", "b"], ["logits"], name="product")]
+    wa, wb = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(wb, "wb")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    with pytest.raises(UnsupportedOpError, match="Mul.*product"):
-        Explainer(model).compiled()
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    explainer = Explainer(model, composite=composites.Uniform(rules.LRP0()), layer_relevances=True)
+    res = explainer.explain(x, target=1)
+    assert ("product", "Mul", "bilinear: UniformShare(share=0.5)") in explainer.compiled().layer_rules
+    a, b = x @ wa, x @ wb
+    z = a[:, 1] * b[:, 1]
+    # LRP-0 on each dense layer: R_x = x * w_c * R_c / z_c, with half of z at each operand
+    expected = x * wa[:, 1] * (0.5 * z / a[:, 1])[:, None] + x * wb[:, 1] * (0.5 * z / b[:, 1])[:, None]
+    np.testing.assert_allclose(res.relevance, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.relevance.sum(1), z, rtol=1e-4)
