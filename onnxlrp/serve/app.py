@@ -7,7 +7,9 @@
                            target or top_k, composite and its parameters, mode; returns the target, the
                            scores, a relevance summary and the heatmap and overlay as PNG data URLs (with
                            raw=true also the relevance as a base64 .npy)
-    GET  /docs             OpenAPI docs (FastAPI's)
+    GET  /docs             OpenAPI docs: Swagger UI, its script and style bundled (fastapi-offline)
+
+Every error, ours or the framework's (unknown path, wrong method), answers {"error": "..."}.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from PIL import Image, UnidentifiedImageError
+from starlette.exceptions import HTTPException
 
 from ..errors import OnnxLrpError
 from ..heatmap import colorize, relevance_map
@@ -32,6 +36,40 @@ MAX_UPLOAD = 8 * 1024**2
 MAX_PIXELS = 4096 * 4096
 
 
+def _explain_docs(served) -> dict:
+    """What POST /v1/explain takes, for /docs (the handler reads the body itself, so FastAPI cannot see it).
+    Every default is one the server accepts, so that /docs' "Try it out" works as it comes."""
+    composites = sorted({name for model in served.values() for name in model.composites()})
+    fields = {
+        "model": {"type": "string", "enum": list(served), "default": next(iter(served)),
+                  "description": "a served model; may be left out when one is served"},
+        "target": {"type": "integer", "default": -1, "description": "the class to explain; -1: the predicted class"},
+        "top_k": {"type": "integer", "default": 5, "description": "how many scores to return"},
+        "composite": {"type": "string", "default": "", "description": "one of the model's composites (GET "
+                      f"/v1/models; here {', '.join(composites)}); left out: its first"},
+        "mode": {"type": "string", "enum": list(MODES), "default": "logit"},
+        "raw": {"type": "boolean", "default": False, "description": "also the relevance as a base64 .npy"},
+    }
+    form = {"image": {"type": "string", "format": "binary", "description": "PNG, JPEG, GIF, BMP, WebP, ..."},
+            **fields, "params": {"type": "string", "default": "{}",
+                                 "description": 'the composite\'s numbers as a JSON object, e.g. {"gamma": 0.5}'}}
+    array = {"type": "object", "description": "one sample, without the batch axis", "properties": {
+        "dtype": {"type": "string", "enum": ["float32", "float64", "uint8"]},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "data": {"type": "string", "description": "base64 of the array's bytes"}}}
+    body = {"array": array, "text": {"type": "string", "description": "text models: the sentence"}, **fields,
+            "params": {"type": "object", "additionalProperties": {"type": "number"}}}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": form}},
+        "application/json": {"schema": {"type": "object", "properties": body}}}}}
+
+
+ERROR_DOCS = {status: {"description": meaning, "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "string"}}}}}} for status, meaning in [
+    (400, "a malformed body or form"), (404, "no such model"), (413, "over the upload limit"),
+    (415, "not an image"), (422, "a field out of range, or no model named where several are served")]}
+
+
 class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -40,8 +78,10 @@ class RequestError(Exception):
 
 def create_app(model_paths: list[str], max_upload: int = MAX_UPLOAD, tokenizers: dict | None = None) -> FastAPI:
     served = load_served(model_paths, tokenizers)
-    app = FastAPI(title="onnxlrp", description="Layer-wise Relevance Propagation for ONNX models: explain an "
-                  "image with a served model.", version="1")
+    # FastAPI's own /docs loads Swagger UI from a CDN: a blank page offline. No /redoc: ReDoc fetches its
+    # logo from a CDN even when bundled
+    app = FastAPIOffline(title="onnxlrp", description="Layer-wise Relevance Propagation for ONNX models: explain "
+                         "an image or a sentence with a served model.", version="1", redoc_url=None)
 
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):
@@ -50,6 +90,16 @@ def create_app(model_paths: list[str], max_upload: int = MAX_UPLOAD, tokenizers:
     @app.exception_handler(OnnxLrpError)
     async def onnxlrp_error(request, exc: OnnxLrpError):
         return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return JSONResponse({"error": _http_message(request, exc)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):
+        # a bug of ours, or onnxruntime failing: still JSON, and the server goes on serving
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}: {exc}); the server goes on serving"},
+                            status_code=500)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -66,17 +116,28 @@ def create_app(model_paths: list[str], max_upload: int = MAX_UPLOAD, tokenizers:
         """The served models, with what each takes."""
         return {"models": [model.describe() for model in served.values()]}
 
-    @app.post("/v1/explain")
+    @app.post("/v1/explain", openapi_extra=_explain_docs(served), responses=ERROR_DOCS)
     async def explain(request: Request):
         """Explain one image. Multipart form: `image` (PNG/JPEG/...) and the fields below; or JSON:
-        {"model", "array": {"dtype", "shape", "data": base64}, ...}. Fields: model, target (int) or top_k,
-        composite, params (JSON object: epsilon, gamma, low, high), mode (logit, prob, contrastive, one),
-        raw (true: also the relevance as a base64 .npy)."""
+        {"model", "array": {"dtype", "shape", "data": base64}, ...}; a text model takes {"model", "text"}.
+        Fields: model (may be left out when one model is served), target (a class; -1 or left out: the
+        predicted class), top_k, composite, params (JSON object: epsilon, gamma, low, high), mode (logit,
+        prob, contrastive, one), raw (true: also the relevance as a base64 .npy)."""
         fields, sample = await _read_request(request, served, max_upload)
         return _explain(served, fields, sample)
 
     app.state.served = served
     return app
+
+
+def _http_message(request, exc: HTTPException) -> str:
+    if exc.status_code == 404:
+        return (f"no page or endpoint at {request.url.path}: the page is at /, the API at GET /v1/models and "
+                "POST /v1/explain, its docs at /docs")
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+    return str(exc.detail)
 
 
 async def _read_request(request, served, max_upload: int):
@@ -125,6 +186,10 @@ async def _read_request(request, served, max_upload: int):
 
 
 def _model(served, name):
+    if name in (None, ""):
+        if len(served) == 1:                # one model served: it is the default
+            return next(iter(served.values()))
+        raise RequestError(422, f"the request has no field 'model'; this server has several: {', '.join(served)}")
     if not isinstance(name, str) or name not in served:
         raise RequestError(404, f"no model {name!r}; served: {', '.join(served)}")
     return served[name]
@@ -198,8 +263,9 @@ def _explain(served, fields: dict, sample: np.ndarray) -> dict:
     if mode not in MODES:
         raise RequestError(422, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     target, top_k = _int(fields, "target"), _int(fields, "top_k", min(5, model.classes))
-    if target is not None and not 0 <= target < model.classes:
-        raise RequestError(422, f"target {target} out of range: model '{model.name}' has {model.classes} classes")
+    if target is not None and not -1 <= target < model.classes:   # -1: the predicted class, as in Explainer.explain
+        raise RequestError(422, f"target {target} out of range: model '{model.name}' has {model.classes} classes "
+                           f"(0..{model.classes - 1}; -1: the predicted class)")
     if not 1 <= top_k <= model.classes:
         raise RequestError(422, f"top_k must be between 1 and {model.classes}")
     explainer = model.explainer(composite, params)

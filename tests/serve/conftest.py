@@ -9,23 +9,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "demo"
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory):
-    """The app on a free port of 127.0.0.1, in a thread of this process; stopped at the end. It serves
-    the two demo models and, where tokenizers installs, a tiny text model with its tokenizer."""
-    pytest.importorskip("fastapi")
+def _serve(app):
+    """Runs app on a free port of 127.0.0.1 in a thread of this process; yields its address, then stops it."""
     uvicorn = pytest.importorskip("uvicorn")
-    pytest.importorskip("multipart")
-    from onnxlrp.serve.app import create_app
-    paths, tokenizers = [str(DEMO / "digits_cnn.onnx"), str(DEMO / "digits_vit.onnx")], {}
-    try:
-        from text_model import write_text_model
-        text_model, tokenizer = write_text_model(tmp_path_factory.mktemp("text"))
-        paths.append(str(text_model))
-        tokenizers["sentiment"] = str(tokenizer)
-    except ImportError:
-        pass
-    app = create_app(paths, max_upload=256 * 1024, tokenizers=tokenizers)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -38,3 +24,31 @@ def live_server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def _create_app():
+    for module in ("fastapi", "fastapi_offline", "uvicorn", "multipart"):
+        pytest.importorskip(module)
+    from onnxlrp.serve.app import create_app
+    return create_app
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """Several models: the two demo models and, where tokenizers installs, a tiny text model with its tokenizer."""
+    create_app = _create_app()
+    paths, tokenizers = [str(DEMO / "digits_cnn.onnx"), str(DEMO / "digits_vit.onnx")], {}
+    try:
+        from text_model import write_text_model
+        text_model, tokenizer = write_text_model(tmp_path_factory.mktemp("text"))
+        paths.append(str(text_model))
+        tokenizers["sentiment"] = str(tokenizer)
+    except ImportError:
+        pass
+    yield from _serve(create_app(paths, max_upload=256 * 1024, tokenizers=tokenizers))
+
+
+@pytest.fixture(scope="session")
+def one_model_server():
+    """One model, the demo CNN: requests may leave out the model."""
+    yield from _serve(_create_app()([str(DEMO / "digits_cnn.onnx")]))

@@ -1,10 +1,12 @@
 """The JSON API of `onnxlrp serve`: good requests, bad requests (4xx with a JSON error, and the server goes
-on serving), concurrency, and no request reaching a path of its choosing."""
+on serving), every error in one shape, one model served and several, concurrency, and no request reaching
+a path of its choosing."""
 from __future__ import annotations
 
 import base64
 import io
 import json
+import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -34,17 +36,22 @@ def _multipart(fields: dict, files: dict) -> tuple[bytes, str]:
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-def _post(base: str, fields: dict, files: dict | None = None, body: bytes | None = None, kind: str | None = None):
+def _post(base: str, fields: dict, files: dict | None = None, body: bytes | None = None, kind: str | None = None,
+          path: str = "/v1/explain"):
     if body is None:
         if files is None:
             body, kind = json.dumps(fields).encode(), "application/json"
         else:
             body, kind = _multipart(fields, files)
-    request = urllib.request.Request(f"{base}/v1/explain", data=body, headers={"Content-Type": kind})
+    return _call(urllib.request.Request(f"{base}{path}", data=body, headers={"Content-Type": kind}))
+
+
+def _call(request) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
+        assert error.headers.get_content_type() == "application/json"
         return error.code, json.load(error)
 
 
@@ -88,9 +95,11 @@ def test_a_base64_array_and_composite_parameters(live_server):
     ({"model": "digits_cnn"}, {"image": ("big.png", b"\0" * (300 * 1024))}, None, 413, "limit"),
     ({"model": "digits_cnn", "composite": "zennit_magic"}, {"image": ("d.png", DIGIT)}, None, 422, "not offered"),
     ({"model": "digits_cnn", "target": 10}, {"image": ("d.png", DIGIT)}, None, 422, "out of range"),
+    ({"model": "digits_cnn", "target": -2}, {"image": ("d.png", DIGIT)}, None, 422, "-1: the predicted class"),
     ({"model": "digits_cnn", "target": "three"}, {"image": ("d.png", DIGIT)}, None, 422, "integer"),
     ({"model": "digits_cnn", "mode": "custom"}, {"image": ("d.png", DIGIT)}, None, 422, "unknown mode"),
     ({"model": "../../etc/passwd"}, {"image": ("d.png", DIGIT)}, None, 404, "no model"),
+    ({}, {"image": ("d.png", DIGIT)}, None, 422, "no field 'model'"),
     ({"model": "digits_cnn"}, {}, None, 400, "no file field"),
     ({}, None, b"{not json", 400, "not valid JSON"),
     ({"model": "digits_cnn", "array": {"dtype": "float32", "shape": [2, 2], "data": "AAAA"}}, None, None, 400,
@@ -98,7 +107,7 @@ def test_a_base64_array_and_composite_parameters(live_server):
 ])
 def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(live_server, fields, files, body, status, words):
     got, reply = _post(live_server, fields, files, body=body, kind="application/json" if body else None)
-    assert got == status and words in reply["error"], reply
+    assert got == status and words in reply["error"] and set(reply) == {"error"}, reply
     assert _post(live_server, {"model": "digits_cnn"}, {"image": ("d.png", DIGIT)})[0] == 200
 
 
@@ -126,3 +135,76 @@ def test_a_text_model_explains_a_sentence(live_server):
     assert all(np.isfinite(t["relevance"]) for t in reply["tokens"])
     status, reply = _post(live_server, {"model": "sentiment", "text": "   "})
     assert status == 422 and "sentence" in reply["error"]
+
+
+@pytest.mark.parametrize("method,path,status,words", [
+    ("GET", "/no/such/page", 404, "no page or endpoint at /no/such/page"),
+    ("GET", "/v1/explain", 405, "GET is not allowed on /v1/explain; use POST"),
+    ("POST", "/v1/models", 405, "POST is not allowed on /v1/models; use GET"),
+    ("GET", "/static/nothing.js", 404, "no asset"),
+    ("GET", "/static-offline-docs/nothing.js", 404, "no page or endpoint"),
+])
+def test_the_frameworks_errors_have_the_same_shape(live_server, method, path, status, words):
+    request = urllib.request.Request(f"{live_server}{path}", method=method, data=b"" if method == "POST" else None)
+    got, reply = _call(request)
+    assert got == status and set(reply) == {"error"} and words in reply["error"], reply
+
+
+def test_an_internal_error_is_json_and_the_server_goes_on(one_model_server, monkeypatch):
+    import onnxlrp.serve.app as app_module
+
+    def broken(*args):
+        raise RuntimeError("onnxruntime fell over")
+    monkeypatch.setattr(app_module, "_explain", broken)
+    status, reply = _post(one_model_server, {}, {"image": ("d.png", DIGIT)})
+    assert status == 500 and set(reply) == {"error"} and "onnxruntime fell over" in reply["error"]
+    monkeypatch.undo()
+    assert _post(one_model_server, {}, {"image": ("d.png", DIGIT)})[0] == 200
+
+
+def test_with_several_models_a_request_without_one_is_told_which(live_server):
+    x = _sample()
+    array = {"dtype": "float32", "shape": list(x.shape), "data": base64.b64encode(x.tobytes()).decode()}
+    status, reply = _post(live_server, {"array": array})
+    assert status == 422 and "'model'" in reply["error"]
+    assert "digits_cnn" in reply["error"] and "digits_vit" in reply["error"]
+
+
+def test_with_one_model_served_it_is_the_default(one_model_server):
+    listing = json.load(urllib.request.urlopen(f"{one_model_server}/v1/models"))
+    assert [m["name"] for m in listing["models"]] == ["digits_cnn"]
+    status, reply = _post(one_model_server, {"raw": "true"}, {"image": ("four.png", DIGIT)})
+    assert status == 200 and reply["model"] == "digits_cnn" and reply["target"] == 4
+    expected = Explainer(str(DEMO / "digits_cnn.onnx")).explain(_sample()[None], target=4).relevance[0]
+    np.testing.assert_allclose(np.load(io.BytesIO(base64.b64decode(reply["relevance_npy"]))), expected,
+                               rtol=1e-5, atol=1e-7)
+    x = _sample()
+    array = {"dtype": "float32", "shape": list(x.shape), "data": base64.b64encode(x.tobytes()).decode()}
+    status, reply = _post(one_model_server, {"array": array, "target": 7})          # JSON, no model either
+    assert status == 200 and reply["target"] == 7
+    status, reply = _post(one_model_server, {"model": "digits_vit"}, {"image": ("four.png", DIGIT)})
+    assert status == 404 and "digits_vit" in reply["error"] and "served: digits_cnn" in reply["error"]
+
+
+@pytest.mark.parametrize("digit", [4, 7])
+def test_target_minus_one_is_the_predicted_class(live_server, digit):
+    """-1 means the predicted class in the API as in Explainer.explain and the command line."""
+    data = (DEMO / "digits" / f"test_{digit}.png").read_bytes()
+    explainer = Explainer(str(DEMO / "digits_cnn.onnx"))
+    sample = np.asarray(Image.open(io.BytesIO(data)), np.float32)[None, None] / 255
+    predicted = int(np.argmax(explainer.logits(sample)[0]))
+    for fields in ({"model": "digits_cnn", "target": "-1", "raw": "true"}, {"model": "digits_cnn", "raw": "true"}):
+        status, reply = _post(live_server, fields, {"image": ("d.png", data)})
+        assert status == 200 and reply["target"] == predicted, reply
+        relevance = np.load(io.BytesIO(base64.b64decode(reply["relevance_npy"])))
+        np.testing.assert_allclose(relevance, explainer.explain(sample, target=predicted).relevance[0],
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_the_docs_are_served_from_here(live_server):
+    """/docs loads its script and style from this server (the browser test renders it, network cut)."""
+    html = urllib.request.urlopen(f"{live_server}/docs").read().decode()
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(sources) >= 2 and all(s.startswith("/") for s in sources), sources
+    for source in sources:
+        assert urllib.request.urlopen(f"{live_server}{source}").status == 200

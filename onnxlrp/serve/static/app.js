@@ -2,13 +2,33 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const PARAMS = { epsilon: "epsilon", gamma: "gamma", low: "low (input minimum)", high: "high (input maximum)" };
-let models = {}, file = null, target = null, lastReply = null;
+let models = {}, file = null, target = null;
 
 async function api(path, options) {
   const response = await fetch(path, options);
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error || body.detail || response.statusText);
+  const body = await response.json().catch(() => ({}));   // every error of the API is {"error": ...}
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
   return body;
+}
+
+// "class 4", or for a language model the token too: "class 1037 (\"the\")"
+function classLabel(reply) {
+  const score = reply.scores.find((s) => s.class === reply.target);
+  return `class ${reply.target}` + (score && score.token ? ` ("${score.token}")` : "");
+}
+
+// A result that no longer matches the input (a new image or model, a failed request) leaves the screen
+function clearResult() {
+  $("result").hidden = true;
+  for (const id of ["input", "heatmap"]) $(id).removeAttribute("src");
+  $("scores").innerHTML = ""; $("tokens").innerHTML = ""; $("summary").textContent = "";
+  $("explained").textContent = "";
+  $("download-png").removeAttribute("href");
+}
+
+function clearComparison() {
+  $("comparison").hidden = true;
+  $("grid").innerHTML = "";
 }
 
 const isText = () => models[$("model").value].kind === "text";
@@ -26,6 +46,7 @@ function showComposites() {
   busy(false);
   $("composite").innerHTML = "";
   for (const name of model.composites) $("composite").add(new Option(name.replaceAll("_", " "), name));
+  $("composite").value = model.default_composite;
   showParams();
 }
 
@@ -74,9 +95,9 @@ async function explain() {
   busy(true); $("error").textContent = "";
   try {
     const reply = await api("/v1/explain", request());
-    lastReply = reply;
     show(reply);
   } catch (error) {
+    clearResult();
     $("error").textContent = error.message;
   } finally { busy(false); }
 }
@@ -95,7 +116,7 @@ function show(reply) {
     item.appendChild(button);
     $("scores").appendChild(item);
   }
-  $("explained").textContent = `class ${reply.target}`;
+  $("explained").textContent = classLabel(reply);
   const text = Boolean(reply.tokens);
   for (const id of ["stack", "opacity-label", "downloads"]) $(id).hidden = text;
   $("tokens").hidden = !text;
@@ -110,8 +131,9 @@ function show(reply) {
       $("tokens").append(span, " ");
     }
   } else {
+    // the overlay, not the bare heatmap: white where relevance is zero, that one washes the input out
     $("input").src = reply.input;
-    $("heatmap").src = reply.heatmap;
+    $("heatmap").src = reply.overlay;
     $("heatmap").style.opacity = $("opacity").value;
   }
   const r = reply.relevance;
@@ -136,24 +158,42 @@ async function downloadNpy(event) {
 
 async function compare() {
   busy(true); $("error").textContent = "";
-  $("grid").innerHTML = ""; $("comparison").hidden = false;
+  clearComparison(); $("comparison").hidden = false;
+  $("comparison-title").textContent = "Composites side by side";
   try {
     for (const name of models[$("model").value].composites.slice(0, 5)) {
       const reply = await api("/v1/explain", request(name));
-      const figure = document.createElement("figure");
-      const picture = reply.overlay ? `<img alt="${name}" src="${reply.overlay}">` :
-        `<p>${reply.tokens.map((t) => `${t.token} ${t.relevance.toFixed(2)}`).join("<br>")}</p>`;
-      figure.innerHTML = `${picture}<figcaption>${name.replaceAll("_", " ")}` +
-        (reply.relevance.conservation !== null ? `<br>${(100 * reply.relevance.conservation).toFixed(0)} % conserved` : "") +
-        `</figcaption>`;
-      $("grid").appendChild(figure);
+      $("comparison-title").textContent = `Composites side by side, explaining ${classLabel(reply)}`;
+      $("grid").appendChild(figure(name, reply));
     }
   } catch (error) { $("error").textContent = error.message; } finally { busy(false); }
+}
+
+// built node by node: token text comes from the user's sentence and is never parsed as HTML
+function figure(name, reply) {
+  const box = document.createElement("figure");
+  if (reply.overlay) {
+    const picture = document.createElement("img");
+    picture.alt = `${name}, ${classLabel(reply)}`; picture.src = reply.overlay;
+    box.appendChild(picture);
+  } else {
+    const lines = document.createElement("p");
+    for (const t of reply.tokens) lines.append(`${t.token} ${t.relevance.toFixed(2)}`, document.createElement("br"));
+    box.appendChild(lines);
+  }
+  const caption = document.createElement("figcaption");
+  caption.append(name.replaceAll("_", " "), document.createElement("br"), classLabel(reply));
+  if (reply.relevance.conservation !== null) {
+    caption.append(document.createElement("br"), `${(100 * reply.relevance.conservation).toFixed(0)} % conserved`);
+  }
+  box.appendChild(caption);
+  return box;
 }
 
 function choose(chosen) {
   if (!chosen) return;
   file = chosen; target = null;
+  clearResult(); clearComparison();
   $("thumb").src = URL.createObjectURL(chosen); $("thumb").hidden = false;
   explain();
 }
@@ -165,11 +205,12 @@ async function start() {
     $("model").add(new Option(`${model.name} (${model.classes} classes)`, model.name));
   }
   showComposites();
-  $("model").onchange = () => { showComposites(); target = null; explain(); };
+  $("model").onchange = () => { showComposites(); target = null; clearResult(); clearComparison(); explain(); };
   $("composite").onchange = () => { showParams(); explain(); };
   $("mode").onchange = explain;
   $("sentence").oninput = () => { target = null; busy(false); };
   $("file").onchange = (e) => choose(e.target.files[0]);
+  $("thumb").onerror = () => { $("thumb").hidden = true; };   // not a picture the browser can show either
   $("explain").onclick = explain;
   $("compare").onclick = compare;
   $("download-npy").onclick = downloadNpy;
