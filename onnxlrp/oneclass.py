@@ -3,20 +3,24 @@ deep Taylor decomposition of one-class models", Pattern Recognition 101, 2020; d
 
 An skl2onnx export of scikit-learn's OneClassSVM is an `SVMRegressor` (ai.onnx.ml), perhaps after a
 `Scaler` (a StandardScaler in a Pipeline). With the RBF kernel its decision function is
-f(x) = sum_j a_j exp(-g ||x - u_j||^2) + b. OC-DTD rewrites it as an equivalent network (neuralization):
+f(x) = sum_j a_j exp(-g ||x - u_j||^2) + b. libsvm's coefficients sum to A = nu * n; OC-DTD uses them
+normalised, ã_j = a_j / A (the paper's one-class SVM, whose coefficients sum to 1), and rewrites the
+model as an equivalent network (neuralization):
 
-    distance layer   h_j(x) = ||x - u_j||^2 - log(a_j) / g
-    soft min-pooling o(x)   = -log(sum_j exp(-g h_j(x))) / g = smin_g{h_j},   f(x) = exp(-g o(x)) + b
+    distance layer   h_j(x) = ||x - u_j||^2 - log(ã_j) / g                      (>= ||x - u_j||^2)
+    soft min-pooling o(x)   = -log(sum_j exp(-g h_j(x))) / g = smin_g{h_j},   f(x) = A exp(-g o(x)) + b
 
-o(x), the outlier score, grows with the distance to the support vectors (a soft nearest-neighbour
-distance at temperature 1/g); x is an outlier (f(x) < 0) when o(x) > -log(-b) / g. Deep Taylor
-decomposition of the pooling gives each support vector its soft-min share of the score,
+o(x), the outlier score, is a soft nearest-support-vector squared distance: o(x) >= 0 (the log of a convex
+combination of values <= 1 is <= 0), and x is an outlier (f(x) < 0) when o(x) > log(-A / b) / g. Deep
+Taylor decomposition of the pooling gives each support vector its soft-min share of the score,
 R_j = o(x) exp(-g h_j) / sum_k exp(-g h_k), and of each distance neuron each feature its share of the
-squared distance, R_i = sum_j R_j (x_i - u_ij)^2 / ||x - u_j||^2, so that sum_i R_i = o(x) exactly (at
-x = u_j, where that share is 0 / 0, the d features share R_j evenly: our choice, the paper is silent).
-A Scaler in front is an element-wise bijection: each scaled feature's relevance is its raw feature's.
-With the linear kernel f(x) = w.x + b, and o(x) = -(w.x + b) is explained by the w^2-rule of deep Taylor
-decomposition (a root point along w): R_i = o(x) w_i^2 / ||w||^2.
+squared distance, R_i = sum_j R_j (x_i - u_ij)^2 / ||x - u_j||^2: every R_i >= 0 and sum_i R_i = o(x).
+A support vector at x itself (||x - u_j||^2 within float32 round-off of 0, where that share is 0 / 0)
+tells nothing about which feature is unusual: its R_j goes to the other support vectors in proportion to
+their shares (our choice; all at x: an even split). A Scaler in front is an element-wise bijection: each
+scaled feature's relevance is its raw feature's.
+With the linear kernel f(x) = w.x + b, and o(x) = -f(x) is decomposed at one root point of the model,
+x0 = -b w / ||w||^2 (o(x0) = 0): R_i = w_i (x0_i - x_i), which depends on x and adds up to o(x) exactly.
 
 The neuralized network (standard ops) replaces the SVM in the explainer, so that its outputs (label,
 scores) are computed by the very network that is explained.
@@ -80,13 +84,14 @@ def scaler_parameters(scaler, width: int):
     return offset, scale
 
 
-def outlier_score(x: np.ndarray, p: dict) -> np.ndarray:
-    """o(x) in float64 (the neuralized network, for reference)."""
-    if p["kernel"] == "LINEAR":
-        return -(x @ (p["coefficients"] @ p["vectors"]) + p["intercept"])
-    h = ((x[:, None, :] - p["vectors"][None]) ** 2).sum(-1) - np.log(p["coefficients"]) / p["gamma"]
-    m = h.min(1, keepdims=True)
-    return (m - np.log(np.exp(-p["gamma"] * (h - m)).sum(1, keepdims=True)) / p["gamma"])[:, 0]
+def round_off_distance(p: dict, offset=None, scale=None) -> float:
+    """The squared distance below which x is taken to be at a support vector: float32 round-off of the
+    coordinates (those of a support vector, and the Scaler's, which computes x's in float32 while scikit-learn
+    computed the support vectors' in float64), about 8 float32 ulps per feature."""
+    size = np.abs(p["vectors"]).max(0)
+    if offset is not None:
+        size = size + np.abs(offset * scale)
+    return float(((2.0 ** -20 * size) ** 2).sum())
 
 
 class _Graph:
@@ -127,28 +132,51 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
         features = g.op("Mul", [g.op("Sub", [x, g.const(offset)]), g.const(scale)])
     gamma = p["gamma"]
     if p["kernel"] == "RBF":
+        total = float(p["coefficients"].sum())          # libsvm's nu * n
+        share = p["coefficients"] / total               # ã_j, the paper's coefficients (they sum to 1)
         diff = g.op("Sub", [g.op("Unsqueeze", [features, g.const([1], np.int64)]), g.const(p["vectors"])])
-        squares = g.op("Mul", [diff, diff])                                        # [N, J, d]
-        distance = g.op("ReduceSum", [squares, g.const([2], np.int64)], keepdims=0)   # ||x - u_j||^2
-        h = g.op("Sub", [distance, g.const(np.log(p["coefficients"]) / gamma)])      # distance layer
-        least = g.op("ReduceMin", [h, g.const([1], np.int64)], keepdims=1)
-        weights = g.op("Exp", [g.op("Mul", [g.op("Sub", [h, least]), g.const(-gamma)])])
-        total = g.op("ReduceSum", [weights, g.const([1], np.int64)], keepdims=1)
-        score = g.op("Sub", [least, g.op("Div", [g.op("Log", [total]), g.const(gamma)])])   # [N, 1] soft min
-        decision = g.op("Add", [g.op("Exp", [g.op("Mul", [score, g.const(-gamma)])]), g.const([p["intercept"]])])
-        # relevance: the soft-min share of o(x) per support vector, then each feature's share of the distance
-        per_vector = g.op("Mul", [g.op("Div", [weights, total]), score])            # R_j, [N, J]
-        # each feature's share of ||x - u_j||^2; at x = u_j (0 / 0) the features share R_j evenly
-        at_vector = g.op("Unsqueeze", [g.op("Equal", [distance, g.const(0.0)]), g.const([2], np.int64)])
-        safe = g.op("Unsqueeze", [g.op("Max", [distance, g.const(1e-30)]), g.const([2], np.int64)])
-        shares = g.op("Where", [at_vector, g.const(1.0 / width), g.op("Div", [squares, safe])])
+        squares = g.op("Mul", [diff, diff])                                           # [N, J, d]
+        distance = g.op("ReduceSum", [squares, g.const([2], np.int64)], keepdims=0)   # ||x - u_j||^2, [N, J]
+        # o(x) = min_j d_j - log(sum_j ã_j exp(-g (d_j - min_k d_k))) / g: both terms >= 0 (the sum is a
+        # convex combination of values <= 1, and >= the nearest vector's ã_j, so it cannot underflow)
+        nearest = g.op("ReduceMin", [distance, g.const([1], np.int64)], keepdims=1)
+        weights = g.op("Mul", [g.const(share), g.op("Exp", [g.op("Mul", [g.op("Sub", [distance, nearest]),
+                                                                           g.const(-gamma)])])])
+        pooled_sum = g.op("ReduceSum", [weights, g.const([1], np.int64)], keepdims=1)
+        # exactly, -log(sum) >= 0; float32 may round the sum a few ulps above 1, hence the clamp at 0
+        pooled = g.op("Max", [g.op("Div", [g.op("Log", [pooled_sum]), g.const(-gamma)]), g.const(0.0)])
+        score = g.op("Add", [nearest, pooled])                                        # o(x) >= 0, [N, 1]
+        # the model's f(x) = sum_j a_j exp(-g d_j) + b = exp(-g min_k d_k) A sum_j ã_j exp(-g (d_j - min_k d_k)) + b
+        decision = g.op("Add", [g.op("Mul", [g.op("Exp", [g.op("Mul", [nearest, g.const(-gamma)])]),
+                                             g.op("Mul", [pooled_sum, g.const(total)])]), g.const([p["intercept"]])])
+        # relevance: the soft-min share of o(x) per support vector (shift-invariant: d_j in place of h_j), then
+        # each feature's share of ||x - u_j||^2. A support vector at x (d_j within round-off of 0: 0 / 0) has no
+        # direction: its share goes to the others (a large d_j drops it from the soft min); all at x: even split
+        tolerance = round_off_distance(p, *(scaler_parameters(scaler, width) if scaler is not None else ()))
+        at_x = g.op("LessOrEqual", [distance, g.const(tolerance)])
+        dropped = g.op("Add", [distance, g.op("Where", [at_x, g.const(1e30), g.const(0.0)])])
+        least = g.op("ReduceMin", [dropped, g.const([1], np.int64)], keepdims=1)
+        kept = g.op("Mul", [g.const(share), g.op("Exp", [g.op("Mul", [g.op("Sub", [dropped, least]),
+                                                                        g.const(-gamma)])])])
+        per_vector = g.op("Mul", [g.op("Div", [kept, g.op("ReduceSum", [kept, g.const([1], np.int64)],
+                                                                      keepdims=1)]), score])   # R_j, [N, J]
+        safe = g.op("Unsqueeze", [g.op("Where", [at_x, g.const(1.0), distance]), g.const([2], np.int64)])
+        shares = g.op("Where", [g.op("Unsqueeze", [at_x, g.const([2], np.int64)]), g.const(1.0 / width),
+                                g.op("Div", [squares, safe])])
         per_unit = g.op("Unsqueeze", [per_vector, g.const([2], np.int64)])
         relevance = g.op("ReduceSum", [g.op("Mul", [shares, per_unit]), g.const([1], np.int64)], keepdims=0)
     else:
+        # o(x) = -(w.x + b) at the root point x0 = -b w / ||w||^2 of the model (o(x0) = 0, the boundary point
+        # nearest the origin, on the ray through the support vectors' centre w / A): o is linear, so
+        # o(x) = sum_i w_i (x0_i - x_i) exactly, and each feature's term depends on x (docs/oneclass.md)
         w = p["coefficients"] @ p["vectors"]
+        if not np.any(w):
+            raise UnsupportedModelError(f"node '{svm.name}' (SVMRegressor) is a linear one-class SVM with weights 0: "
+                                        "its score does not depend on the input, there is nothing to explain")
+        root = -p["intercept"] * w / float(w @ w)
         decision = g.op("Add", [g.op("MatMul", [features, g.const(w[:, None])]), g.const([p["intercept"]])])
         score = g.op("Neg", [decision])
-        relevance = g.op("Mul", [score, g.const(w ** 2 / max(float(w @ w), 1e-300))])   # w^2-rule
+        relevance = g.op("Mul", [g.op("Sub", [g.const(root), features]), g.const(w)])
     # the SVM's own output, then what followed it (Cast, Sign, Cast: the scores and the label)
     g.op("Identity", [decision], output=svm.output[0])
     g.op("Reshape", [score, g.const([-1], np.int64)], output=OUTLIER_OUTPUT)
