@@ -20,6 +20,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MAX_PIXELS = 4096 * 4096
 
 
+class ImageTooLarge(InputError):
+    """An image with more pixels than MAX_PIXELS."""
+
+
 def open_image(source, name: str):
     """A PIL image of at most MAX_PIXELS pixels, header read only (decoding comes later); an InputError for
     anything that is not a readable image of that size. source: a path or a binary file object."""
@@ -28,12 +32,12 @@ def open_image(source, name: str):
     try:
         image = Image.open(source)
     except Image.DecompressionBombError as exc:   # PIL's own limit, far above ours
-        raise InputError(f"'{name}' is not decoded: {exc}; at most {MAX_PIXELS} pixels") from None
+        raise ImageTooLarge(f"'{name}' is not decoded: {exc}; at most {MAX_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"cannot read '{name}' as an image ({exc})") from None
     if image.width * image.height > MAX_PIXELS:
         image.close()
-        raise InputError(f"'{name}': the image is {image.width} x {image.height} pixels; at most {MAX_PIXELS}")
+        raise ImageTooLarge(f"'{name}': the image is {image.width} x {image.height} pixels; at most {MAX_PIXELS}")
     return image
 
 

@@ -71,7 +71,6 @@ def global_max_pool(ctx: Context, seeds):
 def average_pool(ctx: Context, seeds):
     x_shape, y_shape = ctx.static_shape(ctx.x()), ctx.static_shape(ctx.y())
     kernel, strides, dilations, pads = _window_geometry(ctx)
-    nd = len(kernel)
     channels = x_shape[1]
     divisor_weight = _inverse_divisors(ctx, x_shape, y_shape, kernel, strides, dilations, pads)
     t_pads, output_padding = transpose_geometry(x_shape[2:], y_shape[2:], kernel, strides, dilations, pads)

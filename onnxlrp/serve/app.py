@@ -22,18 +22,18 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from starlette.exceptions import HTTPException
 
-from ..errors import OnnxLrpError
+from ..errors import InputError, OnnxLrpError
 from ..heatmap import colorize, relevance_map
+from ..inputs import ImageTooLarge, open_image
 from ..pictures import input_image, overlay
 from .models import MODES, load_served, relevance_summary
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 MAX_UPLOAD = 8 * 1024**2
-MAX_PIXELS = 4096 * 4096
 
 
 def _explain_docs(served) -> dict:
@@ -199,16 +199,17 @@ def _image(data: bytes, model) -> np.ndarray:
     shape = model.input_shape
     last = shape[-1] in (1, 3) and shape[1] not in (1, 3)
     channels, height, width = (shape[3], shape[1], shape[2]) if last else (shape[1], shape[2], shape[3])
+    unreadable = RequestError(415, "the upload is not an image onnxlrp can read (PNG, JPEG, GIF, BMP, WebP, ...)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise RequestError(413, f"the image is {image.width} x {image.height} pixels; at most {MAX_PIXELS}")
+        with open_image(io.BytesIO(data), "the upload") as image:
             image = image.convert("L" if channels == 1 else "RGB")
             if height and width:
                 image = image.resize((width, height), Image.BILINEAR)
             array = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise RequestError(415, "the upload is not an image onnxlrp can read (PNG, JPEG, GIF, BMP, WebP, ...)") from None
+    except ImageTooLarge as exc:
+        raise RequestError(413, str(exc)) from None
+    except (InputError, OSError, ValueError):
+        raise unreadable from None
     array = array[..., None] if array.ndim == 2 else array
     return array if last else np.ascontiguousarray(array.transpose(2, 0, 1))
 
