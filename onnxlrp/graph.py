@@ -95,21 +95,6 @@ class ForwardGraph:
         self._ancestors[target] = needed
         return needed
 
-    def gate_operand(self, node: onnx.NodeProto, live: set[str]) -> int | None:
-        """For a Mul/Div of two computed tensors: the index of the gate, the operand computed from the
-        other one (squeeze-excitation, Swish x * sigmoid(x), GELU, Mish, a normalising divisor).
-        docs/rules.md holds the gate constant, so it receives no relevance. None if neither is a gate."""
-        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
-            return None
-        a, b = node.input
-        if a not in live or b not in live:
-            return None
-        if a in self.ancestors(b):
-            return 1
-        if node.op_type == "Mul" and b in self.ancestors(a):
-            return 0
-        return None
-
     def is_nonnegative(self, name: str) -> bool:
         if name in self._nonneg:
             return self._nonneg[name]

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .compiler.assemble import CompiledExplainer, write_metadata
 from .errors import UnsupportedModelError
+from .ops.context import Builder
 
 ML = "ai.onnx.ml"
 OUTLIER_OUTPUT = "outlier_score"
@@ -94,23 +95,6 @@ def round_off_distance(p: dict, offset=None, scale=None) -> float:
     return float(((2.0 ** -20 * size) ** 2).sum())
 
 
-class _Graph:
-    def __init__(self):
-        self.nodes, self.inits, self.k = [], [], 0
-
-    def const(self, value, dtype=np.float32) -> str:
-        self.k += 1
-        name = f"ocdtd/const/{self.k}"
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def op(self, op_type, inputs, output=None, **attrs) -> str:
-        self.k += 1
-        out = output or f"ocdtd/{self.k}_{op_type.lower()}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"ocdtd/{op_type}_{self.k}", **attrs))
-        return out
-
-
 def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
     """The explainer of a one-class SVM: the neuralized network, its outlier score and OC-DTD relevance."""
     if mode != "logit":
@@ -124,7 +108,8 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
     if not inputs:
         raise UnsupportedModelError(f"the one-class SVM reads '{source}', which is not a graph input")
     width = p["vectors"].shape[1]
-    g = _Graph()
+    g = Builder()
+    g.set_scope("ocdtd")
     x = g.op("Cast", [source], to=TensorProto.FLOAT)
     features = x
     if scaler is not None:
@@ -134,15 +119,15 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
     if p["kernel"] == "RBF":
         total = float(p["coefficients"].sum())          # libsvm's nu * n
         share = p["coefficients"] / total               # ã_j, the paper's coefficients (they sum to 1)
-        diff = g.op("Sub", [g.op("Unsqueeze", [features, g.const([1], np.int64)]), g.const(p["vectors"])])
+        diff = g.op("Sub", [g.op("Unsqueeze", [features, g.ints([1])]), g.const(p["vectors"])])
         squares = g.op("Mul", [diff, diff])                                           # [N, J, d]
-        distance = g.op("ReduceSum", [squares, g.const([2], np.int64)], keepdims=0)   # ||x - u_j||^2, [N, J]
+        distance = g.op("ReduceSum", [squares, g.ints([2])], keepdims=0)   # ||x - u_j||^2, [N, J]
         # o(x) = min_j d_j - log(sum_j ã_j exp(-g (d_j - min_k d_k))) / g: both terms >= 0 (the sum is a
         # convex combination of values <= 1, and >= the nearest vector's ã_j, so it cannot underflow)
-        nearest = g.op("ReduceMin", [distance, g.const([1], np.int64)], keepdims=1)
+        nearest = g.op("ReduceMin", [distance, g.ints([1])], keepdims=1)
         weights = g.op("Mul", [g.const(share), g.op("Exp", [g.op("Mul", [g.op("Sub", [distance, nearest]),
                                                                            g.const(-gamma)])])])
-        pooled_sum = g.op("ReduceSum", [weights, g.const([1], np.int64)], keepdims=1)
+        pooled_sum = g.op("ReduceSum", [weights, g.ints([1])], keepdims=1)
         # exactly, -log(sum) >= 0; float32 may round the sum a few ulps above 1, hence the clamp at 0
         pooled = g.op("Max", [g.op("Div", [g.op("Log", [pooled_sum]), g.const(-gamma)]), g.const(0.0)])
         score = g.op("Add", [nearest, pooled])                                        # o(x) >= 0, [N, 1]
@@ -155,16 +140,16 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
         tolerance = round_off_distance(p, *(scaler_parameters(scaler, width) if scaler is not None else ()))
         at_x = g.op("LessOrEqual", [distance, g.const(tolerance)])
         dropped = g.op("Add", [distance, g.op("Where", [at_x, g.const(1e30), g.const(0.0)])])
-        least = g.op("ReduceMin", [dropped, g.const([1], np.int64)], keepdims=1)
+        least = g.op("ReduceMin", [dropped, g.ints([1])], keepdims=1)
         kept = g.op("Mul", [g.const(share), g.op("Exp", [g.op("Mul", [g.op("Sub", [dropped, least]),
                                                                         g.const(-gamma)])])])
-        per_vector = g.op("Mul", [g.op("Div", [kept, g.op("ReduceSum", [kept, g.const([1], np.int64)],
+        per_vector = g.op("Mul", [g.op("Div", [kept, g.op("ReduceSum", [kept, g.ints([1])],
                                                                       keepdims=1)]), score])   # R_j, [N, J]
-        safe = g.op("Unsqueeze", [g.op("Where", [at_x, g.const(1.0), distance]), g.const([2], np.int64)])
-        shares = g.op("Where", [g.op("Unsqueeze", [at_x, g.const([2], np.int64)]), g.const(1.0 / width),
+        safe = g.op("Unsqueeze", [g.op("Where", [at_x, g.const(1.0), distance]), g.ints([2])])
+        shares = g.op("Where", [g.op("Unsqueeze", [at_x, g.ints([2])]), g.const(1.0 / width),
                                 g.op("Div", [squares, safe])])
-        per_unit = g.op("Unsqueeze", [per_vector, g.const([2], np.int64)])
-        relevance = g.op("ReduceSum", [g.op("Mul", [shares, per_unit]), g.const([1], np.int64)], keepdims=0)
+        per_unit = g.op("Unsqueeze", [per_vector, g.ints([2])])
+        relevance = g.op("ReduceSum", [g.op("Mul", [shares, per_unit]), g.ints([1])], keepdims=0)
     else:
         # o(x) = -(w.x + b) at the root point x0 = -b w / ||w||^2 of the model (o(x0) = 0, the boundary point
         # nearest the origin, on the ray through the support vectors' centre w / A): o is linear, so
@@ -179,7 +164,7 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
         relevance = g.op("Mul", [g.op("Sub", [g.const(root), features]), g.const(w)])
     # the SVM's own output, then what followed it (Cast, Sign, Cast: the scores and the label)
     g.op("Identity", [decision], output=svm.output[0])
-    g.op("Reshape", [score, g.const([-1], np.int64)], output=OUTLIER_OUTPUT)
+    g.op("Reshape", [score, g.ints([-1])], output=OUTLIER_OUTPUT)
     g.op("Identity", [relevance], output=f"relevance_{source}")
     after = [n for n in model.graph.node if n is not svm and n is not scaler]
     nodes = g.nodes + after
@@ -192,7 +177,7 @@ def compile_oneclass_explainer(model: onnx.ModelProto, mode: str = "logit"):
             dims[0].Clear()
             dims[0].dim_param = "batch"
     graph = helper.make_graph(nodes, "onnxlrp_oneclass_explainer", inputs, outputs,
-                              initializer=list(model.graph.initializer) + g.inits)
+                              initializer=list(model.graph.initializer) + g.initializers)
     opsets = [o for o in model.opset_import if o.domain not in ("", "ai.onnx", ML)] + [helper.make_opsetid("", 18)]
     if any(n.domain == ML for n in nodes):
         opsets.append(helper.make_opsetid(ML, 3))

@@ -13,7 +13,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from . import composites as composites_module
-from .compiler import CompiledExplainer, abs_sum_name, compile_explainer
+from .compiler import CompiledExplainer, abs_sum_name, compile_explainer, rejected_explainer
 from .errors import InputError, UnsupportedModelError
 from .model import free_input_dims, load_model, with_input_shapes
 from .compiler.start import MODES
@@ -140,10 +140,8 @@ class Explainer:
                                                   self.providers)
             forward = self._forwards[key]
         feeds = self._feeds(compiled, session, x)
-        n = next(iter(feeds.values())).shape[0]
-        step = batch_size or n
-        return np.concatenate([forward.run(None, {k: v[i:i + step] for k, v in feeds.items()})[0]
-                               for i in range(0, n, step)], axis=0)
+        chunks = run_in_chunks(forward, feeds, batch_size, compiled.batch)
+        return np.concatenate([chunk[0] for chunk in chunks], axis=0)
 
     def explain(self, x, target=None, mode: str = "logit", output_relevance=None,
                 batch_size: int | None = None, top_k: int | None = None, position=None, region=None, mask=None,
@@ -255,8 +253,7 @@ class Explainer:
         for layer in conditions:
             name = compiled.condition_inputs[layer]
             feeds[name] = _channel_masks(masks[layer], n, declared[name][1], layer)
-        step = batch_size or n
-        chunks = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
+        chunks = run_in_chunks(session, feeds, batch_size, compiled.batch)
         names = [o.name for o in session.get_outputs()]
         # one chunk (the usual case): its arrays as they are, without a copy
         merged = {name: np.concatenate([c[k] for c in chunks], axis=0) if len(chunks) > 1 and chunks[0][k].ndim
@@ -358,6 +355,25 @@ class Explainer:
         return feeds
 
 
+def run_in_chunks(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch_size: int | None,
+                  fixed: int | None) -> list[list[np.ndarray]]:
+    """Run `feeds` in chunks of `batch_size` samples (default all at once). A model fixed to its exported batch
+    (`fixed`) takes exactly that many: the last chunk is filled up with copies of its last sample, and their
+    results are dropped."""
+    n = len(next(iter(feeds.values())))
+    step = fixed or batch_size or n
+    chunks = []
+    for i in range(0, n, step):
+        chunk = {k: v[i:i + step] for k, v in feeds.items()}
+        m = min(step, n - i)
+        if fixed and m < fixed:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], fixed - m, axis=0)]) for k, v in chunk.items()}
+            chunks.append([r[:m] for r in session.run(None, chunk)])
+        else:
+            chunks.append(session.run(None, chunk))
+    return chunks
+
+
 def sample_feeds(session: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A batch for any session: normal noise for float inputs, -1 (the predicted class) for int64 ones
     (the target); dims other than the batch that the model leaves free are 1."""
@@ -422,7 +438,10 @@ def new_session(model_bytes, options, providers: list) -> ort.InferenceSession:
     """An onnxruntime session on `providers`, with the heap its build freed handed back. onnxruntime falls
     back to the CPU, with a log line only, when a provider it was built with cannot load (CUDA or cuDNN
     libraries missing): that is an error here."""
-    session = ort.InferenceSession(model_bytes, options, providers=providers)
+    try:
+        session = ort.InferenceSession(model_bytes, options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime refusing a model onnxlrp built is onnxlrp's bug
+        raise rejected_explainer(exc) from None
     release_freed_memory()
     wanted = provider_name(providers[0])
     if wanted not in session.get_providers():

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxlrp import Explainer
-from onnxlrp.errors import InputError
+from onnxlrp.errors import InputError, OnnxLrpError
 from onnxlrp import runtime
 from onnxlrp.runtime import forward_model
 
@@ -160,3 +160,40 @@ def test_the_heap_is_trimmed_after_compiling_and_after_building_a_session(models
 def test_malloc_trim_is_found_with_glibc():
     assert runtime._malloc_trim() is not None
     runtime.release_freed_memory()
+
+
+def test_a_string_names_one_input_or_output(tmp_path, rng):
+    """inputs="input_ids" is the input input_ids (not the inputs 'i', 'n', ...), output="logits" the output."""
+    pytest.importorskip("tokenizers")
+    from text_model import write_text_model
+    model, _ = write_text_model(tmp_path)
+    ids = rng.integers(0, 10, size=(2, 5))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    by_default = Explainer(model, composite="attn_lrp").explain(feeds, target=1)
+    named = Explainer(model, composite="attn_lrp", inputs="input_ids", output="logits").explain(feeds, target=1)
+    assert list(named.relevances) == ["input_ids"]
+    np.testing.assert_array_equal(named.relevance, by_default.relevance)
+    with pytest.raises(OnnxLrpError, match="has no input 'ids'"):
+        Explainer(model, composite="attn_lrp", inputs="ids").compiled()
+
+
+def test_an_explainer_onnxruntime_rejects_is_one_line_naming_onnxlrp_as_the_culprit(models_dir, monkeypatch, tmp_path):
+    """A bug of ours that made onnxruntime refuse the explainer is said as such, in one line, never as a raw
+    onnxruntime message that blames the user's model."""
+    from onnxlrp import compiler
+
+    real = compiler.explainer_model
+
+    def broken(*args):
+        model = real(*args)
+        model.graph.node[-1].input[0] = "l"     # a dangling input, as a bug would leave it
+        return model
+
+    monkeypatch.setattr(compiler, "explainer_model", broken)
+    with pytest.raises(OnnxLrpError) as error:
+        Explainer(models_dir / "tiny_vgg.onnx").explain(np.zeros((1, 3, 32, 32), np.float32))
+    message = str(error.value)
+    assert "a bug in onnxlrp" in message and "\n" not in message
+    with pytest.raises(OnnxLrpError, match="a bug in onnxlrp"):
+        compiler.compile(models_dir / "tiny_vgg.onnx", tmp_path / "explainer.onnx")
+    assert not (tmp_path / "explainer.onnx").exists()

@@ -92,7 +92,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
                 record_layers=layer_sums or layer_relevances)
     walked = walk.run(start.signal)
 
-    graph_outputs = [with_dynamic_batch(v) for v in canonical.model.graph.output]
+    batched = with_dynamic_batch if canonical.batch is None else (lambda value: value)
+    graph_outputs = [batched(v) for v in canonical.model.graph.output]
     relevance_outputs, at_sources = {}, []
     for name, tensors in sources.items():
         b.set_scope(f"relevance/{name}")
@@ -125,7 +126,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
 
     relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
     explainer = explainer_model(canonical.model, forward_nodes + relevance_nodes,
-                                [with_dynamic_batch(v) for v in canonical.model.graph.input] + start.inputs
+                                [batched(v) for v in canonical.model.graph.input] + start.inputs
                                 + crp.inputs, graph_outputs, b.initializers)
     compiled = CompiledExplainer(
         model=explainer, inputs=list(fwd.input_names), target_input=start.target_input,
@@ -134,7 +135,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         layer_rules=[(layer.name, layer.op_type, f"{layer.kind}: {rule!r}") for layer, rule in analysis.layers],
         layer_sum_outputs=sum_outputs, layer_relevance_outputs=layer_relevance_outputs,
         position_input=start.position_input, position_output=start.position_output,
-        condition_inputs=crp.condition_inputs, concept_outputs=crp.concept_outputs)
+        condition_inputs=crp.condition_inputs, concept_outputs=crp.concept_outputs, batch=canonical.batch)
     write_metadata(compiled, composite, mode)
     return compiled
 

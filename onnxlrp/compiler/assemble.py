@@ -39,6 +39,7 @@ class CompiledExplainer:
     start_shape: tuple = ()        # the explained tensor's shape without the batch axis ((n_classes,) for logits)
     position_input: str | None = None   # sequence outputs: the position explained
     position_output: str | None = None
+    batch: int | None = None       # None: any batch; else the batch size the model is fixed to (fed in chunks)
 
 
 def abs_sum_name(sum_name: str) -> str:
@@ -65,7 +66,8 @@ def sample_dims(shape, name: str) -> list | None:
     """[batch, d1, ...] for a value_info, a free dim named after the tensor; None if the rank is unknown."""
     if shape is None:
         return None
-    return [BATCH_DIM] + [d if d is not None else f"{name}_dim{k + 1}" for k, d in enumerate(shape[1:])]
+    batch = shape[0] if shape and shape[0] is not None else BATCH_DIM   # a model fixed to its exported batch
+    return [batch] + [d if d is not None else f"{name}_dim{k + 1}" for k, d in enumerate(shape[1:])]
 
 
 def with_dynamic_batch(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:

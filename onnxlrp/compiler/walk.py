@@ -162,19 +162,19 @@ class Walk:
                 for i, t in enumerate(back)]
 
     def _pass(self, node, signals: list[Signal | None]) -> list[Signal | None]:
-        """R_x = R_y to the one input relevance goes to (a block's input x), in the form that arrives."""
+        """R_x = R_y to the first input relevance flows into (a block's input x), in the form that arrives."""
         analysis, b = self.analysis, self.b
         targets = [name for name in self._targets(node) if analysis.carries(name)]
-        if len(targets) != 1 or len(node.output) != 1:
-            raise UnsupportedOpError(node.op_type, node.name, "rules.Pass sends relevance to one input, and relevance "
-                                     f"flows into {len(targets)} here; give it a rule of its kind")
-        x, y = targets[0], node.output[0]
+        if not targets or len([s for s in signals if s]) != 1:
+            raise UnsupportedOpError(node.op_type, node.name, "rules.Pass sends the relevance of one output to an "
+                                     "input; give it a rule of its kind")
+        x, y = targets[0], node.output[signals.index(next(s for s in signals if s))]
         x_shape, y_shape = analysis.fwd.shape(x), analysis.fwd.shape(y)
         if x_shape != y_shape and not (x_shape and y_shape and len(x_shape) == len(y_shape)
                                        and all(a is None or c is None or a == c for a, c in zip(x_shape, y_shape))):
             raise UnsupportedOpError(node.op_type, node.name, f"rules.Pass, but its output shape {y_shape} differs from "
                                      f"its input shape {x_shape}")
-        signal = signals[0]
+        signal = next(s for s in signals if s)
         if signal.form == RELEVANCE:
             return [Signal(signal.name, RELEVANCE) if name == x else None for name in self._targets(node)]
         ratio = b.op("Div", [y, b.op("Add", [x, b.scalar(IDENTITY_EPSILON)])], hint="identity_rule")

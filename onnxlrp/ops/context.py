@@ -63,9 +63,10 @@ class Builder:
             self._cache[key] = name
         return self._cache[key]
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, hint: str = "", **attrs):
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, hint: str = "", output: str | None = None, **attrs):
+        """Emit one node; its output(s) named after it, or `output` (a graph output's name)."""
         name = self.fresh(hint or op_type.lower())
-        outputs = [name] if n_out == 1 else [f"{name}:{i}" for i in range(n_out)]
+        outputs = [output or name] if n_out == 1 else [f"{name}:{i}" for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attrs))
         return outputs[0] if n_out == 1 else outputs
 
@@ -105,19 +106,6 @@ class Builder:
     def negative_part(self, x: str) -> str:
         return self.op("Min", [x, self.scalar(0.0)])
 
-    def unbroadcast(self, tensor: str, full_shape: tuple, shape: tuple) -> str:
-        """Sum `tensor` (shaped like the broadcast result) back down to `shape` (numpy broadcasting)."""
-        lead = len(full_shape) - len(shape)
-        axes = list(range(lead))
-        for i, dim in enumerate(shape):
-            if dim == 1 and full_shape[lead + i] != 1:
-                axes.append(lead + i)
-        if not axes:
-            return tensor
-        reduced = self.op("ReduceSum", [tensor, self.ints(axes)], keepdims=1)
-        if lead:
-            reduced = self.op("Reshape", [reduced, self.ints([d if d is not None else 0 for d in shape])])
-        return reduced
 
 
 @dataclass
