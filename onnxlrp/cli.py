@@ -60,7 +60,7 @@ def _add_written_model_options(parser: argparse.ArgumentParser, mode_help: str) 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     """What explain and evaluate share: the class explained, where it starts, image normalisation."""
     parser.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
-    parser.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive"],
+    parser.add_argument("--mode", default="logit", choices=["logit", "one", "prob", "contrastive", "mean_contrast"],
                         help="where the explanation starts (default logit)")
     parser.add_argument("--mean", type=_float_list, help="per-channel mean for images, e.g. 0.485,0.456,0.406")
     parser.add_argument("--std", type=_float_list, help="per-channel std for images, e.g. 0.229,0.224,0.225")
