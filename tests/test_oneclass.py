@@ -1,6 +1,6 @@
 """One-class SVMs (scikit-learn, exported by skl2onnx) explained with OC-DTD (onnxlrp/oneclass.py).
 
-The oracle is OC-DTD written from the paper's formulas (RULES.md "One-class SVMs (OC-DTD)") in float64 on
+The oracle is OC-DTD written from the paper's formulas (docs/rules.md "One-class SVMs (OC-DTD)") in float64 on
 scikit-learn's own attributes, not on the ONNX file, with the coefficients normalised to sum to 1;
 scikit-learn's decision_function and predict (and onnxruntime on the exported model) give f(x) and the label.
 """
