@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
-EXPORTS = ("torchscript", "dynamo_static", "dynamo_dynamic", "optimum", "genai_fp32", "genai_int4", "genai_int8",
-           "genai_int4_asym")
+EXPORTS = ("torchscript", "dynamo_static", "dynamo_dynamic", "dynamo_opset23", "optimum", "genai_fp32", "genai_int4", "genai_int8",
+           "genai_int4_asym", "ort_qdq_int4_weights", "ort_dynamic_int8", "ort_qdq_static_int8")
+# onnxruntime.quantization on the dynamo (dynamic shapes) export: weight-only int4 as DequantizeLinear of constants (QDQ),
+# dynamic int8 (weights int8, activations quantised at run time), static QDQ int8 (weights and activations).
+ORT_QUANTISED = ("ort_qdq_int4_weights", "ort_dynamic_int8", "ort_qdq_static_int8")
 # The builder's weight-only quantisation: defaults (symmetric, block 32, accuracy_level 4 on the CPU), and an
 # asymmetric variant with zero points, block 16, float accumulation and the embedding table quantised too.
 GENAI_OPTIONS = {"genai_int4_asym": ("int4", {"is_symmetric": "false", "block_size": 16, "accuracy_level": 1,
@@ -50,8 +53,11 @@ def fixtures_dir() -> Path:
 
 
 def config_of(arch: str) -> dict:
-    """The HF config: 2 layers, hidden 64, 4 query heads and 2 key/value heads of 16, vocabulary 128."""
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    """The HF config: 2 layers, hidden 64, 4 query heads and 2 key/value heads of 16, MLP width 96, vocabulary
+    128. No Linear may have vocab_size outputs but the LM head: onnxruntime-genai's builder 0.18 takes every
+    nn.Linear with out_features == vocab_size for the LM head (an MLP of width 128 had its gate projection
+    wired to `logits`)."""
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
                   rms_norm_eps=1e-6, rope_theta=10000.0, initializer_range=0.2, attention_dropout=0.0,
                   pad_token_id=1, bos_token_id=2, eos_token_id=3, torch_dtype="float32", use_cache=True)
@@ -159,9 +165,17 @@ class _LogitsOnly:
 
 
 def export_torch(folder: Path, path: Path, way: str) -> Path:
-    """torch.onnx export of the model in `folder`: way in torchscript, dynamo_static, dynamo_dynamic."""
+    """torch.onnx export of the model in `folder`: way in torchscript, dynamo_static, dynamo_dynamic (eager
+    attention), dynamo_opset23 (SDPA attention, dynamic shapes, opset 23: RMSNormalization, RotaryEmbedding and
+    Attention nodes)."""
     import torch
-    wrapper = _LogitsOnly(load_model(folder))
+    import transformers
+    if way == "dynamo_opset23":
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="sdpa",
+                                                                  torch_dtype=torch.float32).eval()
+    else:
+        model = load_model(folder)
+    wrapper = _LogitsOnly(model)
     ids = torch.as_tensor(sample_ids())
     example = (ids, torch.ones_like(ids))
     names = ["input_ids", "attention_mask"]
@@ -171,13 +185,14 @@ def export_torch(folder: Path, path: Path, way: str) -> Path:
             axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "logits"]}
             torch.onnx.export(wrapper, example, str(path), input_names=names, output_names=["logits"],
                               dynamic_axes=axes, opset_version=17, dynamo=False)
-        elif way in ("dynamo_static", "dynamo_dynamic"):
+        elif way in ("dynamo_static", "dynamo_dynamic", "dynamo_opset23"):
             shapes = None
-            if way == "dynamo_dynamic":
+            if way != "dynamo_static":
                 dims = {0: torch.export.Dim("batch", max=8), 1: torch.export.Dim("sequence", min=2, max=64)}
                 shapes = {"input_ids": dims, "attention_mask": dims}
+            opset = {"opset_version": 23} if way == "dynamo_opset23" else {}
             program = torch.onnx.export(wrapper, example, input_names=names, output_names=["logits"],
-                                        dynamic_shapes=shapes, dynamo=True, optimize=True)
+                                        dynamic_shapes=shapes, dynamo=True, optimize=True, **opset)
             program.save(str(path))
         else:
             raise ValueError(way)
@@ -221,16 +236,51 @@ def export_genai(folder: Path, out: Path, precision: str, extra: dict | None = N
     return out / "model.onnx"
 
 
+def export_ort_quantised(source: Path, path: Path, way: str) -> Path:
+    """onnxruntime.quantization applied to the float export `source` (see ORT_QUANTISED)."""
+    import onnx
+    from onnxruntime import quantization as q
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if way == "ort_qdq_int4_weights":
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=32, is_symmetric=False,
+                                             quant_format=q.QuantFormat.QDQ)
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(path))
+        elif way == "ort_dynamic_int8":
+            q.quantize_dynamic(str(source), str(path), weight_type=q.QuantType.QInt8, per_channel=True)
+        elif way == "ort_qdq_static_int8":
+            class Calibration(q.CalibrationDataReader):
+                def __init__(self):
+                    self.rows = iter([{"input_ids": sample_ids(seed, SEQ), "attention_mask": np.ones((1, SEQ), np.int64)}
+                                      for seed in range(10, 18)])
+
+                def get_next(self):
+                    return next(self.rows, None)
+            q.quantize_static(str(source), str(path), Calibration(), quant_format=q.QuantFormat.QDQ,
+                              per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                              op_types_to_quantize=["MatMul"])   # every op: the mask's fills wreck the int8 range
+        else:
+            raise ValueError(way)
+    return path
+
+
 def export(folder: Path, way: str) -> Path:
     """The export `way` (one of EXPORTS) of the HF folder, written beside it; returns the .onnx path."""
     base = folder.parent
-    if way in ("torchscript", "dynamo_static", "dynamo_dynamic"):
+    if way in ("torchscript", "dynamo_static", "dynamo_dynamic", "dynamo_opset23"):
         return export_torch(folder, base / f"{way}.onnx", way)
     if way == "optimum":
         return export_optimum(folder, base / "optimum")
     if way.startswith("genai_"):
         precision, extra = GENAI_OPTIONS.get(way, (way.split("_", 1)[1], None))
         return export_genai(folder, base / way, precision, extra)
+    if way in ORT_QUANTISED:   # from opset 18+: the int4 QDQ quantiser moves to opset 21 without converting
+        source = base / "dynamo_dynamic.onnx"   # ReduceMean's axes attribute (TorchScript's opset 17 fails)
+        if not source.exists():
+            export_torch(folder, source, "dynamo_dynamic")
+        return export_ort_quantised(source, base / f"{way}.onnx", way)
     raise ValueError(f"unknown export {way!r}; one of {EXPORTS}")
 
 
@@ -251,8 +301,8 @@ def fixture(arch: str, way: str | None = None, seed: int = 0, root: Path | None 
 
 _LOGITS_SCRIPT = """
 import sys, numpy as np, torch, transformers
-model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation="eager",
-                                                          dtype=torch.float64).eval()
+dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float64}
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation="eager", **dtype).eval()
 ids = torch.as_tensor(np.load(sys.argv[2]))
 with torch.no_grad():
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
@@ -264,23 +314,143 @@ print(transformers.__version__)
 def hf_logits(python: str, folder: Path, ids: np.ndarray, work: Path) -> tuple[np.ndarray, str]:
     """float64 logits of the HF folder as the transformers of `python` reads it, and that version."""
     np.save(work / "ids.npy", ids)
-    out = work / f"logits_{abs(hash(python))}.npy"
-    done = subprocess.run([python, "-c", _LOGITS_SCRIPT.replace("dtype=", "torch_dtype=")
-                           if python == sys.executable else _LOGITS_SCRIPT, str(folder), str(work / "ids.npy"),
-                           str(out)], capture_output=True, text=True, timeout=600)
+    out = work / "logits.npy"
+    done = subprocess.run([python, "-c", _LOGITS_SCRIPT, str(folder), str(work / "ids.npy"), str(out)],
+                          capture_output=True, text=True, timeout=600)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     return np.load(out), done.stdout.strip().splitlines()[-1]
 
 
 def check_folder_across_versions(folder: Path, work: Path, length: int = 24) -> dict:
-    """Both transformers versions read the same model from `folder`: max |logits difference| (float64), on
-    ids longer than Gemma3's sliding window."""
+    """Every environment reads the same model from `folder`: per transformers version, the max |difference|
+    of its float64 logits from this environment's, on ids longer than Gemma3's sliding window."""
     ids = sample_ids(7, length)
     here, version_here = hf_logits(sys.executable, folder, ids, work)
-    there, version_there = hf_logits(GENAI_PYTHON, folder, ids, work)
-    return {"versions": [version_here, version_there], "max_abs_diff": float(np.abs(here - there).max()),
-            "max_abs_logit": float(np.abs(here).max())}
+    result = {version_here: 0.0}
+    for python in (OPTIMUM_PYTHON, GENAI_PYTHON):
+        if Path(python).exists():
+            there, version = hf_logits(python, folder, ids, work)
+            result[version] = float(np.abs(here - there).max())
+    return result
+
+
+def ort_feeds(path: Path, ids: np.ndarray, head_dim: int = 16) -> dict[str, np.ndarray]:
+    """Inputs for a prompt without a past: ids, a mask of ones, positions 0.., and past_key_values.* of past
+    length 0 (symbolic head dimensions get head_dim). A genai sliding-window layer (past length
+    `past_sliding_length`, GroupQueryAttention with sliding_window_cache=1) needs a cache of capacity at least
+    its window even when empty: it gets genai_config's window_size zeros, which seqlens_k marks as unused."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    genai_config = path.parent / "genai_config.json"
+    window = 0
+    if genai_config.exists():
+        window = (json.loads(genai_config.read_text())["model"]["decoder"].get("sliding_window") or {}).get(
+            "window_size", 0)
+    feeds = {}
+    for value in model.graph.input:
+        name = value.name
+        if name == "input_ids":
+            feeds[name] = ids
+        elif name == "attention_mask":
+            feeds[name] = np.ones_like(ids)
+        elif name == "position_ids":
+            feeds[name] = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).astype(np.int64)
+        elif name.startswith("past_key_values"):
+            def size(d):
+                if d.dim_value:
+                    return d.dim_value
+                if d.dim_param.startswith("batch"):
+                    return ids.shape[0]
+                if "sliding" in d.dim_param:
+                    return window
+                return 0 if ("sequence" in d.dim_param or "length" in d.dim_param) else head_dim
+            feeds[name] = np.zeros([size(d) for d in value.type.tensor_type.shape.dim], np.float32)
+        else:
+            raise ValueError(f"no feed for input {name}")
+    return feeds
+
+
+def ort_logits(path: Path, ids: np.ndarray, head_dim: int = 16) -> np.ndarray:
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], ort_feeds(path, ids, head_dim))[0]
+
+
+def dequantized_state(genai_model: Path, config: dict) -> dict[str, np.ndarray]:
+    """The HF parameters that a genai int4/int8 export's MatMulNBits and GatherBlockQuantized constants stand
+    for, dequantised (W = (q - zero_point) * scale per block): {"model.layers.0.self_attn.q_proj.weight": ...}.
+    The fused qkv projection is split back into q, k and v by the head counts of `config`."""
+    import onnx
+    from onnx import numpy_helper
+    sys.path.insert(0, str(TOOLS.parent / "tests" / "llm"))
+    import contrib_reference as R
+    model = onnx.load(str(genai_model))
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    for node in model.graph.node:   # constants made in the graph: a tied table is Reshape(lm_head's blocks)
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Reshape" and all(i in consts for i in node.input):
+            consts[node.output[0]] = consts[node.input[0]].reshape(consts[node.input[1]])
+            types[node.output[0]] = types.get(node.input[0], onnx.TensorProto.UINT8)
+    attrs = lambda node: {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}   # noqa: E731
+    q_width = config["num_attention_heads"] * config["head_dim"]
+    kv_width = config["num_key_value_heads"] * config["head_dim"]
+    state = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            a = attrs(node)
+            zero_points = consts.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            W = R.matmul_nbits_weight(consts[node.input[1]], consts[node.input[2]], zero_points, K=a["K"], N=a["N"],
+                                      bits=a.get("bits", 4), block_size=a["block_size"]).T   # [N, K] like torch
+            name = node.name.removeprefix("/").split("/")   # model, layers.0, attn, qkv_proj, MatMul_Q4
+            if name[0] == "lm_head":
+                state["lm_head.weight"] = W
+                continue
+            layer, block, proj = name[1], name[2], name[3]
+            prefix = f"model.{layer}.{'self_attn' if block == 'attn' else block}"
+            if proj == "qkv_proj":
+                for part, rows in zip("qkv", np.split(W, [q_width, q_width + kv_width])):
+                    state[f"{prefix}.{part}_proj.weight"] = rows
+            else:
+                state[f"{prefix}.{proj}.weight"] = W
+        elif node.op_type == "GatherBlockQuantized":
+            a = attrs(node)
+            zero_points = consts.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            scales = consts[node.input[2]]
+            packed = types[node.input[0]] == onnx.TensorProto.UINT8   # else int4 / uint4 values
+            table = R.gather_block_quantized(consts[node.input[0]], np.arange(scales.shape[0]), scales, zero_points,
+                                             bits=a.get("bits", 4), block_size=a["block_size"], packed=packed)
+            state["model.embed_tokens.weight"] = table
+    return state
+
+
+def make_dequantized_folder(folder: Path, genai_model: Path, out: Path) -> Path:
+    """A copy of the HF folder whose weights are those of the quantised genai export (dequantised): the float
+    model that the quantised graph computes, for the LXT reference of weight-only quantisation."""
+    import torch
+    config = json.loads((folder / "config.json").read_text())
+    model = load_model(folder)
+    state = {k: torch.as_tensor(v) for k, v in dequantized_state(genai_model, config).items()}
+    if config.get("tie_word_embeddings") and "lm_head.weight" in state:
+        config["tie_word_embeddings"] = False   # lm_head and the table are quantised apart
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    missing = set(state) - set(dict(model.named_parameters()))
+    if missing:
+        raise KeyError(f"no HF parameter for {sorted(missing)}")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name])
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    (out / "config.json").write_text(json.dumps({**json.loads((out / "config.json").read_text()),
+                                                 **{k: v for k, v in config.items() if k == "layer_types"}},
+                                                indent=2, sort_keys=True))
+    write_tokenizer(out)
+    return out
 
 
 def size_of(path: Path) -> int:

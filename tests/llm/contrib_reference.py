@@ -265,16 +265,17 @@ def quantize_blockwise(W: np.ndarray, bits: int, block_size: int, symmetric: boo
     return B, scale.astype(np.float32), zero_points
 
 
-def gather_block_quantized(data, indices, scales, zero_points=None, *, bits=4, block_size=128, gather_axis=0,
-                           quantize_axis=1, signed=False):
+def gather_block_quantized(data, indices, scales, zero_points=None, *, bits=4, block_size=128, packed=None,
+                           gather_axis=0, quantize_axis=1):
     """com.microsoft.GatherBlockQuantized with gather_axis 0 and quantize_axis the last axis of a 2D table:
-    data uint8 [rows, cols * bits / 8] (packed low bits first) or int4/uint4 [rows, cols] (given unpacked
-    here, `signed` for int4), scales [rows, cols / block_size], zero_points like data (absent: 0 for
-    int4/uint4, 2^(bits-1) for uint8). output[..., c] = (q[idx, c] - zp[idx, c // block]) * scale[idx, c // block]."""
+    data either uint8 [rows, cols * bits / 8], `bits`-bit values packed low bits first (packed), or an int4 /
+    uint4 tensor [rows, cols] (given here as its values, packed=False: what the genai builder writes); scales
+    [rows, cols / block_size]; zero_points of the data's kind (absent: 2^(bits-1) for packed uint8, 0 for
+    int4/uint4). output[..., c] = (q[idx, c] - zp[idx, c // block]) * scale[idx, c // block]."""
     assert gather_axis == 0 and quantize_axis in (1, -1)
+    packed = data.dtype == np.uint8 if packed is None else packed
     rows, n_blocks = scales.shape
     cols = n_blocks * block_size
-    packed = data.dtype == np.uint8
     q = unpack_bits(data, bits, cols).astype(np.float32) if packed else data.astype(np.float32)
     if zero_points is None:
         zp = np.full((rows, n_blocks), 2 ** (bits - 1) if packed else 0, np.float32)

@@ -274,7 +274,23 @@ def test_gather_block_quantized_int4_typed_defaults_to_zero_point_0():
     out = run_node("GatherBlockQuantized", {"data": q, "indices": ids, "scales": scales}, 1, "com.microsoft",
                    constants={"data": data, "scales": scales}, bits=4, block_size=block, gather_axis=0,
                    quantize_axis=1)[0]
-    close(out, R.gather_block_quantized(q, ids, scales, None, bits=4, block_size=block, signed=True))
+    close(out, R.gather_block_quantized(q, ids, scales, None, bits=4, block_size=block, packed=False))
+
+
+def test_gather_block_quantized_uint4_typed_with_zero_points():
+    """The genai builder's layout (op_types_to_quantize=MatMul/Gather, is_symmetric=false): uint4 data and
+    zero points, one scale per block of the embedding row."""
+    rows, cols, block = 6, 32, 16
+    q = RNG.integers(0, 16, (rows, cols)).astype(np.uint8)
+    zp = RNG.integers(0, 16, (rows, cols // block)).astype(np.uint8)
+    data = helper.make_tensor("data", TensorProto.UINT4, q.shape, q.flatten().tolist())
+    zero_points = helper.make_tensor("zero_points", TensorProto.UINT4, zp.shape, zp.flatten().tolist())
+    scales = RNG.uniform(0.01, 0.1, (rows, cols // block)).astype(np.float32)
+    ids = np.array([[5, 2, 0]], np.int64)
+    out = run_node("GatherBlockQuantized", {"data": q, "indices": ids, "scales": scales, "zero_points": zp}, 1,
+                   "com.microsoft", constants={"data": data, "scales": scales, "zero_points": zero_points}, bits=4,
+                   block_size=block, gather_axis=0, quantize_axis=1)[0]
+    close(out, R.gather_block_quantized(q, ids, scales, zp, bits=4, block_size=block, packed=False))
 
 
 @pytest.mark.parametrize("kind", ["tensor", "axis", "block"])
