@@ -60,9 +60,9 @@ def summary(path: Path) -> str:
     g = model.graph
     shapes = _shapes(model)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    lines = [f"### {path.parent.name}/{path.name}", "",
-             f"opsets: {', '.join(f'{d} {v}' for d, v in sorted(opsets.items()))}; ir_version {model.ir_version}; "
-             f"{len(g.node)} nodes, {len(g.initializer)} initialisers", "", "inputs:"]
+    header = (f"opsets: {', '.join(f'{d} {v}' for d, v in sorted(opsets.items()))}; ir_version {model.ir_version}; "
+              f"{len(g.node)} nodes, {len(g.initializer)} initialisers")
+    lines = [f"### {path.parent.name}/{path.name}", "", header, "", "inputs:"]
     lines += [f"- `{vi.name}`: {_dims(vi)}" for vi in g.input if vi.name not in {i.name for i in g.initializer}]
     lines += ["", "outputs:"] + [f"- `{vi.name}`: {_dims(vi)}" for vi in g.output]
     counts = Counter(((n.domain or "ai.onnx"), n.op_type) for n in g.node)

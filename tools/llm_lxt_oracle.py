@@ -28,8 +28,10 @@ import numpy as np
 # lxt imports torchvision.models.vision_transformer, which has no CPU build here: the tests' stand-in.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "zennit_stub"))
 
-MODULES = {"llama": "transformers.models.llama.modeling_llama", "qwen2": "transformers.models.qwen2.modeling_qwen2",
-           "qwen3": "transformers.models.qwen3.modeling_qwen3", "gemma3_text": "transformers.models.gemma3.modeling_gemma3",
+MODULES = {"llama": "transformers.models.llama.modeling_llama",
+           "qwen2": "transformers.models.qwen2.modeling_qwen2",
+           "qwen3": "transformers.models.qwen3.modeling_qwen3",
+           "gemma3_text": "transformers.models.gemma3.modeling_gemma3",
            "gemma3": "transformers.models.gemma3.modeling_gemma3"}
 MAPS = {"llama": "lxt.efficient.models.llama", "qwen2": "lxt.efficient.models.qwen2",
         "qwen3": "lxt.efficient.models.qwen3", "gemma3_text": "lxt.efficient.models.gemma3",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 # --- rotary embedding --------------------------------------------------------------------------------------
 
 def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool, rotary_dim: int = 0) -> np.ndarray:

@@ -3,12 +3,11 @@ quantised ops in served LLM graphs (to 1e-5), so that they can serve as the orac
 Needs onnxruntime only."""
 from __future__ import annotations
 
+import contrib_reference as R
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-
-import contrib_reference as R
 
 ort = pytest.importorskip("onnxruntime")
 RNG = np.random.default_rng(0)
@@ -356,3 +355,19 @@ def test_qlinear_conv_with_a_constant_weight():
             conv[0, :, i, j] = np.tensordot(wf, xf[0, :, i:i + 3, j:j + 3], axes=([1, 2, 3], [0, 1, 2]))
     expected = np.clip(np.round(conv / y_scale) + 128, 0, 255)
     assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_gqa_right_padded_prompt_reads_seqlens_k_per_entry():
+    """A prompt batch of unequal lengths (genai: seqlens_k = sum(attention_mask) - 1 per entry, right padding):
+    an entry's real tokens compute what they compute alone; its padded rows are not defined."""
+    inputs = gqa_inputs(2, 6, 0, rotary=True)
+    inputs["past_key"], inputs["past_value"] = np.zeros((2, 2, 0, H), np.float32), np.zeros((2, 2, 0, H), np.float32)
+    inputs["seqlens_k"] = np.array([5, 2], np.int32)   # entry 1 has 3 tokens
+    attrs = dict(**GQA, do_rotary=1)
+    out = run_node("GroupQueryAttention", inputs, 3, "com.microsoft", **attrs)[0]
+    alone = {**inputs, "query": inputs["query"][1:2, :3], "key": inputs["key"][1:2, :3],
+             "value": inputs["value"][1:2, :3], "past_key": inputs["past_key"][1:2],
+             "past_value": inputs["past_value"][1:2], "seqlens_k": np.array([2], np.int32),
+             "total_sequence_length": np.array(3, np.int32)}
+    close(out[1, :3], R.group_query_attention(**alone, **attrs)[0][0])
+    close(out[0], R.group_query_attention(**{**inputs, "seqlens_k": np.array([5, 5], np.int32)}, **attrs)[0][0])

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("onnxscript")   # the dynamo exporter
 
-import llm_fixtures as F  # noqa: E402
+import llm_fixtures as F
 
 pytestmark = [pytest.mark.slow]
 ORACLE = Path(F.__file__).resolve().parent / "llm_lxt_oracle.py"
@@ -33,7 +33,8 @@ def fixture(arch, way=None):
 def hf_logits(folder: Path, ids) -> np.ndarray:
     model = F.load_model(folder, torch.float64)
     with torch.no_grad():
-        return model(input_ids=torch.as_tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long)).logits.numpy()
+        ids = torch.as_tensor(ids)
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
 
 
 def relative(a, b) -> float:
