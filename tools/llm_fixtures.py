@@ -378,6 +378,25 @@ def ort_feeds(path: Path, ids: np.ndarray, head_dim: int = 16) -> dict[str, np.n
     return feeds
 
 
+def ort_feeds_with_past(path: Path, prefix: np.ndarray, ids: np.ndarray, head_dim: int = 16) -> dict:
+    """Inputs for `ids` after `prefix` (batch 1): the past is the present the model returns for `prefix`, the mask
+    covers both, positions continue from len(prefix). For a past length > 0 in optimum and genai graphs."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    first = dict(zip(names, session.run(None, ort_feeds(path, prefix, head_dim)), strict=True))
+    feeds = ort_feeds(path, ids, head_dim)
+    P = prefix.shape[1]
+    for name in feeds:
+        if name.startswith("past_key_values."):
+            feeds[name] = first[name.replace("past_key_values.", "present.")]
+        elif name == "attention_mask":
+            feeds[name] = np.ones((ids.shape[0], P + ids.shape[1]), np.int64)
+        elif name == "position_ids":
+            feeds[name] = (P + np.arange(ids.shape[1]))[None].astype(np.int64)
+    return feeds
+
+
 def ort_logits(path: Path, ids: np.ndarray, head_dim: int = 16) -> np.ndarray:
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

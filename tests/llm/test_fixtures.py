@@ -48,6 +48,20 @@ def test_export_computes_the_hf_logits(arch, way):
     assert relative(F.ort_logits(fixture(arch, way), ids), hf_logits(fixture(arch), ids)) < 1e-5
 
 
+@pytest.mark.parametrize("way", ["optimum", "genai_fp32", "genai_int4_asym"])
+@pytest.mark.parametrize("arch", F.ARCHS)
+def test_a_past_carries_the_prefix(arch, way):
+    """Tokens 7..9 with the present of tokens 0..6 as their past compute the logits of the whole prompt
+    (Gemma3's sliding layer: a window-sized past)."""
+    import onnxruntime as ort
+    if (arch, way) in BROKEN:
+        pytest.skip(BROKEN[arch, way])
+    ids, model = F.sample_ids(3), fixture(arch, way)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = F.ort_feeds_with_past(model, ids[:, :7], ids[:, 7:])
+    assert relative(session.run(["logits"], feeds)[0], F.ort_logits(model, ids)[:, 7:]) < 1e-5
+
+
 BROKEN = {("gemma3", "genai_int4_asym"): "builder 0.18 with is_symmetric=false and tied embeddings: the table's "
                                          "Reshape reads the float lm_head and GatherBlockQuantized has no scales"}
 
