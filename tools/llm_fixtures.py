@@ -65,7 +65,7 @@ def config_of(arch: str) -> dict:
     if arch == "llama":
         return dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
                     tie_word_embeddings=False, attention_bias=False, mlp_bias=False, **common)
-    if arch == "qwen2_05b":   # the benchmark: Qwen2.5-0.5B's shape, vocabulary cut to 8192 (the tokenizer keeps 128 words)
+    if arch == "qwen2_05b":   # the benchmark: Qwen2.5-0.5B's shape, vocabulary 8192 (the tokenizer keeps 128 words)
         return {**config_of("qwen2"), "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
                 "num_attention_heads": 14, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 8192,
                 "max_position_embeddings": 1024, "rope_theta": 1_000_000.0, "tie_word_embeddings": True}
