@@ -479,6 +479,18 @@ def make_dequantized_folder(folder: Path, genai_model: Path, out: Path) -> Path:
     return out
 
 
+def lxt_reference(folder: Path, ids: np.ndarray, variant: str, work: Path, target=None) -> dict[str, np.ndarray]:
+    """LXT's relevance of the next token at the last position (llm_lxt_oracle.py, run in a process of its own
+    with this environment's python): relevance [batch, seq], target, logits."""
+    np.save(work / "lxt_ids.npy", ids)
+    out = work / f"lxt_{variant}.npz"
+    command = [sys.executable, str(TOOLS / "llm_lxt_oracle.py"), str(folder), str(work / "lxt_ids.npy"), str(out),
+               "--variant", variant] + ([] if target is None else ["--target", str(int(target))])
+    _run(command, "LXT oracle")
+    with np.load(out) as result:
+        return {key: result[key] for key in result.files}
+
+
 def size_of(path: Path) -> int:
     """Bytes of a file, or of every file in its folder for a folder-shaped export (model.onnx + data)."""
     if path.parent.name in ("optimum",) or path.parent.name.startswith("genai_"):

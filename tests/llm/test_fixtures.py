@@ -4,8 +4,6 @@ architecture. Fixtures are built on first use into $ONNXLRP_LLM_FIXTURES (defaul
 exports whose tool is not installed (optimum's or onnxruntime-genai's environment) are skipped."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ pytest.importorskip("onnxscript")   # the dynamo exporter
 import llm_fixtures as F
 
 pytestmark = [pytest.mark.slow]
-ORACLE = Path(F.__file__).resolve().parent / "llm_lxt_oracle.py"
 FLOAT_EXPORTS = ("torchscript", "dynamo_static", "dynamo_dynamic", "dynamo_opset23", "optimum", "genai_fp32")
 QUANTISED = ("genai_int4", "genai_int8", "genai_int4_asym")
 
@@ -98,11 +95,7 @@ def test_hf_folder_reads_alike_in_every_environment(tmp_path):
 def test_lxt_oracle(arch, variant, tmp_path):
     pytest.importorskip("lxt")
     ids = F.sample_ids(1, 10)
-    np.save(tmp_path / "ids.npy", ids)
-    out = tmp_path / "lxt.npz"
-    subprocess.run([sys.executable, str(ORACLE), str(fixture(arch)), str(tmp_path / "ids.npy"), str(out),
-                    "--variant", variant], check=True, timeout=600, capture_output=True)
-    result = np.load(out)
+    result = F.lxt_reference(fixture(arch), ids, variant, tmp_path)
     relevance, logits = result["relevance"], result["logits"]
     assert relevance.shape == ids.shape and np.isfinite(relevance).all()
     np.testing.assert_allclose(logits, hf_logits(fixture(arch), ids), rtol=1e-6, atol=1e-6)   # same forward
