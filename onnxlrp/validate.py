@@ -118,6 +118,17 @@ def _itemsize(elem_type: int) -> int:
         return 1
 
 
+# 4-bit and 2-bit types are packed: two (four) values a byte, the last byte padded
+_PACKED_BITS = {getattr(TensorProto, name): bits for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4),
+                                                                    ("INT2", 2), ("UINT2", 2))
+                if hasattr(TensorProto, name)}
+
+
+def _raw_bytes(count: int, elem_type: int) -> int:
+    bits = _PACKED_BITS.get(elem_type)
+    return (count * bits + 7) // 8 if bits else count * _itemsize(elem_type)
+
+
 def _size(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
@@ -139,7 +150,7 @@ def _check_initializer(tensor: TensorProto) -> None:
     if tensor.data_location == TensorProto.EXTERNAL or tensor.data_type == TensorProto.STRING:
         return
     if tensor.HasField("raw_data"):
-        expected = count * _itemsize(tensor.data_type)
+        expected = _raw_bytes(count, tensor.data_type)
         if len(tensor.raw_data) != expected:
             raise ModelLoadError(f"initializer '{tensor.name}' has dims {list(tensor.dims)} ({_size(expected)}) but "
                                  f"holds {_size(len(tensor.raw_data))}: the file is damaged")
