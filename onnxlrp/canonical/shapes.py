@@ -39,7 +39,10 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)   # an exporter's types for what inference cannot derive
+    # an exporter's types for what inference cannot derive (outputs of ops of other domains); the others it
+    # derives itself, and an exporter's stale entry (onnxruntime-genai writes some) would contradict it
+    foreign = {o for node in model.graph.node if node.domain not in ("", "ai.onnx") for o in node.output}
+    graph.value_info.extend(v for v in model.graph.value_info if v.name in foreign)
     graph.sparse_initializer.extend(model.graph.sparse_initializer)
     listed = {value.name for value in model.graph.input}
     for tensor in model.graph.initializer:

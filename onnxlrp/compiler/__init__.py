@@ -26,7 +26,7 @@ from ..graph import ForwardGraph
 from ..model import is_large, load_model, save_model
 from ..oneclass import compile_oneclass_explainer, find_one_class_svm
 from ..ops.context import Builder
-from .analysis import analyse, explained_sources
+from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
                        explainer_model, graph_output, layer_sum, sample_dims, with_dynamic_batch, write_metadata)
 from .signals import RELEVANCE, convert, gather
@@ -95,6 +95,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     batched = with_dynamic_batch if canonical.batch is None else (lambda value: value)
     graph_outputs = [batched(v) for v in canonical.model.graph.output]
     relevance_outputs, at_sources = {}, []
+    caches = cache_axes(fwd)
     for name, tensors in sources.items():
         b.set_scope(f"relevance/{name}")
         parts = []
@@ -106,8 +107,14 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
                 relevance = b.op("ReduceSum", [relevance, b.ints([-1])], keepdims=0)
                 relevance = b.op("Reshape", [relevance, b.op("Shape", [name])])
             parts.append(relevance)
+        dims = sample_dims(fwd.shape(name), name)
+        if name in caches:   # a past key or value: per cached position, summed over heads and the head axis
+            rank = len(fwd.shape(name))
+            parts = [b.op("ReduceSum", [parts[0], b.ints([a for a in range(1, rank) if a != caches[name]])],
+                          keepdims=0)]
+            dims = [dims[0], dims[caches[name]]]
         relevance_outputs[name] = f"relevance_{name}"
-        graph_outputs.append(graph_output(b, b.add_all(parts), relevance_outputs[name], sample_dims(fwd.shape(name), name)))
+        graph_outputs.append(graph_output(b, b.add_all(parts), relevance_outputs[name], dims))
 
     b.set_scope("relevance/layers")
     start_relevance = walked.start_relevance or convert(b, start.signal, logits, RELEVANCE)

@@ -302,12 +302,13 @@ def _elementwise_ancestry(fwd: ForwardGraph, live: set[str]) -> dict[str, set[st
 def explained_sources(fwd: ForwardGraph, inputs) -> dict[str, list[str]]:
     """Explained input -> its source tensors: a float input itself; token ids the outputs of the Gathers that
     read embedding rows with them. `inputs`: a name or a list of names explained first, the default ones after
-    them (the token inputs of a language model, else the float inputs; a float input that only feeds a cache
-    Concat is a past)."""
+    them (the token inputs of a language model, else the float inputs), then the past keys and values of a
+    decoding cache (their relevance is reported per cached position; an empty past has none)."""
     if isinstance(inputs, str):
         inputs = [inputs]
     names = list(inputs or [])
     names += [name for name in _default_inputs(fwd) if name not in names]
+    names += [name for name in cache_axes(fwd) if name not in names]
     sources = {}
     for name in names:
         if name not in fwd.input_names:
@@ -349,7 +350,21 @@ def _default_inputs(fwd: ForwardGraph) -> list[str]:
 
 
 def _is_cache(fwd: ForwardGraph, name: str) -> bool:
-    """A past key or value: a float input whose every reader concatenates it with a computed tensor."""
-    readers = fwd.consumers.get(name, [])
-    return bool(readers) and all(node.op_type == "Concat" and any(i != name and fwd.const(i) is None
-                                                                  for i in node.input) for node in readers)
+    return name in cache_axes(fwd)
+
+
+def cache_axes(fwd: ForwardGraph) -> dict[str, int]:
+    """Past keys and values of a decoding cache -> their position axis: float inputs concatenated with a
+    computed tensor (the new keys or values) along that axis, and otherwise read only for their shape (the
+    position offset)."""
+    found = {}
+    for name in fwd.input_names:
+        if fwd.elem_type(name) not in FLOAT_TYPES:
+            continue
+        readers = fwd.consumers.get(name, [])
+        joins = [node for node in readers if node.op_type == "Concat"
+                 and any(i != name and fwd.const(i) is None for i in node.input)]
+        if joins and all(node in joins or node.op_type == "Shape" for node in readers):
+            rank = len(fwd.shape(name) or ()) or 4
+            found[name] = int(next(a.i for a in joins[0].attribute if a.name == "axis")) % rank
+    return found
