@@ -68,6 +68,13 @@ class ForwardGraph:
             return first.dim_value == second.dim_value > 0
         return bool(first.dim_param) and first.dim_param == second.dim_param
 
+    def is_batch(self, name: str, axis: int) -> bool:
+        """Is this axis of the tensor the model's (dynamic) batch: axis 0 named by the batch dim?"""
+        from .canonical.batch import BATCH_DIM
+        value = self.value_infos.get(name)
+        shape = value.type.tensor_type.shape if value is not None else None
+        return axis == 0 and shape is not None and len(shape.dim) > 0 and shape.dim[0].dim_param == BATCH_DIM
+
     def elem_type(self, name: str) -> int | None:
         value = self.value_infos.get(name)
         if value is None:

@@ -41,7 +41,7 @@ class Builder:
         if arr.dtype.kind == "f":
             arr = arr.astype(self.dtype)
         name = self.fresh(hint or "const")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        self.initializers.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))  # 0-d stays 0-d
         return name
 
     def scalar(self, value: float) -> str:
@@ -120,6 +120,7 @@ class Context:
     carries: list[bool]           # per input: does relevance flow back into it?
     kind: str | None = None
     opset: int = 17
+    batch_fixed: bool = False     # the model keeps its exported batch size: axis 0 is not necessarily the batch
     only_where_positive: bool = False   # relevance at the output is 0 wherever the output is <= 0
     relu_of_output: str | None = None   # then: a forward ReLU of the output, if the graph has one
     extra: dict = field(default_factory=dict)

@@ -45,11 +45,15 @@ class _ConvGeometry:
         self.pads = list(ctx.attr("pads", [0] * (2 * nd)))
         self.group = int(ctx.attr("group", 1))
         x_shape, y_shape = ctx.shape(ctx.x()), ctx.shape(ctx.y())
-        if x_shape is None or y_shape is None or any(d is None for d in list(x_shape[1:]) + list(y_shape[1:])):
+        # a free spatial size is fine where the transpose needs no sizes: stride 1 (a YOLO head's anchors axis)
+        free = x_shape is None or y_shape is None or None in (x_shape[1], y_shape[1]) or (
+            any(d is None for d in list(x_shape[2:]) + list(y_shape[2:])) and any(s != 1 for s in self.strides))
+        if free:
             raise UnsupportedOpError(ctx.node.op_type, ctx.name,
                                      f"its input/output shapes {x_shape} -> {y_shape} are not static apart from the "
                                      "batch; give the model a fixed input size")
         self.x_shape, self.y_shape = tuple(x_shape), tuple(y_shape)
+        self.static = all(d is not None for d in list(x_shape[2:]) + list(y_shape[2:]))
 
     def attrs(self, pads=None):
         return dict(kernel_shape=self.kernel, strides=self.strides, dilations=self.dilations,
@@ -65,8 +69,11 @@ class ConvMap(LinearMap):
         super().__init__(ctx, weight, ctx.const(2))
         self.geometry = _ConvGeometry(ctx, weight.shape[2:])
         g = self.geometry
-        self.t_pads, self.output_padding = transpose_geometry(
-            g.x_shape[2:], g.y_shape[2:], g.kernel, g.strides, g.dilations, g.pads)
+        if g.static:
+            self.t_pads, self.output_padding = transpose_geometry(
+                g.x_shape[2:], g.y_shape[2:], g.kernel, g.strides, g.dilations, g.pads)
+        else:   # stride 1: the transpose lands on the input's size whatever it is
+            self.t_pads, self.output_padding = list(g.pads), [0] * len(g.kernel)
         self._flipped: dict = {}
 
     def sample_shape(self):

@@ -22,7 +22,7 @@ def _reduced_axes(ctx: Context, rank: int) -> list[int]:
             return []
         axes = range(rank)
     axes = sorted(int(a) % rank for a in axes)
-    if 0 in axes:
+    if 0 in axes and not ctx.batch_fixed:
         raise UnsupportedOpError(ctx.node.op_type, ctx.name, "it reduces over the batch axis; onnxlrp explains each "
                                  "sample on its own")
     return axes

@@ -4,8 +4,9 @@ routes alike). Relevance on padded or dropped elements is dropped.
 
 Where the shapes are static apart from the batch, the geometry is read at compile time (constant reshape
 targets, pads, splits: what onnxruntime's layout passes keep in their fast layouts); where a dim is free (a
-sequence length), it is read at run time. The batch axis is never moved: onnxlrp explains each sample on
-its own.
+sequence length), it is read at run time. The batch is never moved: onnxlrp explains each sample on its own.
+Axis 0 of other tensors is routed like any axis (an attention's [3, batch, heads, ...] split, dynamo's
+as_strided over a flattened tensor).
 """
 from __future__ import annotations
 
@@ -27,14 +28,6 @@ SLICE = family("slice", "Slice", routes=True)
 PAD = family("pad", "Pad", routes=True)
 GATHER = family("gather", "Gather", routes=True)
 TILE = family("tile", "Tile", routes=True)
-
-
-def _refuse_batch_axis(ctx: Context, what: str):
-    raise UnsupportedOpError(ctx.op, ctx.name, f"{what} the batch axis; onnxlrp explains each sample on its own")
-
-
-def _static(shape) -> bool:
-    return shape is not None and all(d is not None for d in shape[1:])
 
 
 def _required_const(ctx: Context, i: int, what: str) -> np.ndarray:
@@ -75,9 +68,6 @@ def copy(ctx: Context, seeds):
 @vjp(EXPAND)
 def expand(ctx: Context, seeds):
     """Each copy's share summed back."""
-    x_shape, y_shape = ctx.shape(ctx.x()), ctx.shape(ctx.y())
-    if x_shape and y_shape and len(x_shape) == len(y_shape) and x_shape[0] == 1 and y_shape[0] != 1:
-        _refuse_batch_axis(ctx, "it expands")
     return ctx.only(0, ctx.unbroadcast(seeds[0], 0))
 
 
@@ -93,10 +83,14 @@ def where(ctx: Context, seeds):
     return result
 
 
-def _axis(ctx: Context, name: str, rank: int, default: int = 0) -> int:
+def _refuse_batch(ctx: Context, tensor: str, axis: int, what: str) -> None:
+    if ctx.graph.is_batch(tensor, axis):
+        raise UnsupportedOpError(ctx.op, ctx.name, f"{what} the batch axis; onnxlrp explains each sample on its own")
+
+
+def _axis(ctx: Context, rank: int, tensor: str, what: str, default: int = 0) -> int:
     axis = int(ctx.attr("axis", default)) % rank
-    if axis == 0:
-        _refuse_batch_axis(ctx, name)
+    _refuse_batch(ctx, tensor, axis, what)
     return axis
 
 
@@ -104,7 +98,7 @@ def _axis(ctx: Context, name: str, rank: int, default: int = 0) -> int:
 def concat(ctx: Context, seeds):
     """Split back into the parts."""
     rank = ctx.rank(ctx.y())
-    axis = _axis(ctx, "it concatenates along", rank)
+    axis = _axis(ctx, rank, ctx.y(), "it concatenates along")
     shapes = [ctx.shape(name) for name in ctx.node.input]
     b = ctx.b
     if all(shape is not None and shape[axis] is not None for shape in shapes):
@@ -119,7 +113,7 @@ def concat(ctx: Context, seeds):
 @vjp(SPLIT)
 def split(ctx: Context, seeds):
     """Concatenate back (zeros for the parts that carry nothing)."""
-    axis = _axis(ctx, "it splits", ctx.rank(ctx.x()))
+    axis = _axis(ctx, ctx.rank(ctx.x()), ctx.x(), "it splits")
     b = ctx.b
     parts = [seed if seed else b.zeros_like(ctx.y(j)) for j, seed in enumerate(seeds)]
     return ctx.only(0, b.op("Concat", parts, axis=axis))
@@ -149,12 +143,13 @@ def pad(ctx: Context, seeds):
     if len(ctx.node.input) > 3 and ctx.node.input[3]:
         axes = [int(a) % rank for a in _required_const(ctx, 3, "axes")]
     begin, end = dict(zip(axes, pads[:len(axes)])), dict(zip(axes, pads[len(axes):]))
-    if begin.get(0, 0) or end.get(0, 0):
-        _refuse_batch_axis(ctx, "it pads")
     keep, refill = {}, {}
     for a in axes:
-        if a == 0:
+        if not (begin[a] or end[a]):
             continue
+        _refuse_batch(ctx, ctx.x(), a, "it pads")
+        if x_shape[a] is None:
+            raise UnsupportedOpError("Pad", ctx.name, f"it pads axis {a}, whose size is not static")
         cut_before, cut_after = max(-begin[a], 0), max(-end[a], 0)
         start = max(begin[a], 0)
         keep[a] = (start, start + x_shape[a] - cut_before - cut_after)
@@ -196,14 +191,12 @@ def slice_(ctx: Context, seeds):
     sliced = []
     for axis, start, end, step in _slice_parameters(ctx):
         axis %= rank
-        if axis == 0:
-            if (start, step) != (0, 1) or end < 2**31 - 1:
-                _refuse_batch_axis(ctx, "it slices")
+        if (start, step) == (0, 1) and end >= 2**31 - 1:   # the whole axis
             continue
+        _refuse_batch(ctx, ctx.x(), axis, "it slices")
         sliced.append((axis, start, end, step))
-    static = _static(x_shape)
     for axis, start, end, step in sliced:
-        if static:
+        if x_shape[axis] is not None:
             kept = list(range(x_shape[axis])[slice(start, end, step)])
             if not kept:
                 raise UnsupportedOpError("Slice", ctx.name, "the slice is empty")
@@ -228,7 +221,7 @@ def gather(ctx: Context, seeds):
     rank = ctx.rank(x)
     if rank is None or ctx.rank(ctx.x(1)) is None:
         raise UnsupportedOpError("Gather", ctx.name, "the rank of its data or indices is unknown")
-    axis = _axis(ctx, "it gathers along", rank)
+    axis = _axis(ctx, rank, x, "it gathers along")
     indices = ctx.const(1)
     x_shape = ctx.shape(x)
     if indices is not None and x_shape[axis] is not None:
@@ -251,10 +244,12 @@ def tile(ctx: Context, seeds):
     x_shape = ctx.static_shape(ctx.x())
     repeats = [int(r) for r in _required_const(ctx, 1, "repeats")]
     if repeats[0] != 1:
-        _refuse_batch_axis(ctx, "it tiles")
+        _refuse_batch(ctx, ctx.x(), 0, "it tiles")
+    if repeats[0] != 1 and x_shape[0] is None:
+        raise UnsupportedOpError("Tile", ctx.name, "it tiles axis 0, whose size is not static")
     b = ctx.b
-    split_shape, summed = [0], []
-    for axis in range(1, len(x_shape)):
+    split_shape, summed = ([0] if repeats[0] == 1 else []), []
+    for axis in range(1 if repeats[0] == 1 else 0, len(x_shape)):
         if repeats[axis] != 1:
             summed.append(len(split_shape))
             split_shape.append(repeats[axis])
