@@ -66,6 +66,7 @@ class Explainer:
         self._sessions: dict[tuple, ort.InferenceSession] = {}
         self._forwards: dict[object, ort.InferenceSession] = {}   # the plain forward model, per input size
         self._forward_mode_name: str | None = None
+        self._canonical = None   # (canonical model, explained output's shape): for selections
         self._lock = threading.Lock()   # sessions are built once, even when threads share this explainer
 
     def replace(self, **changes) -> "Explainer":
@@ -80,28 +81,29 @@ class Explainer:
             raise TypeError(f"Explainer.replace() got unknown settings {sorted(unknown)}")
         return Explainer(**{**settings, **changes})
 
-    def compiled(self, mode: str = "logit", conditions=(), concepts=(), shapes=None) -> CompiledExplainer:
+    def compiled(self, mode: str = "logit", conditions=(), concepts=(), shapes=None, support=None) -> CompiledExplainer:
         """The explainer model for `mode`, compiled once (no session is built for it until one is run).
         conditions / concepts: layers whose relevance is masked to channels / whose concept relevance is
         output (CRP). shapes: input name -> shape, for models whose inputs have free non-batch dims (a
-        segmenter's H x W): the relevance rules need static shapes, so each input size is compiled once."""
+        segmenter's H x W): the relevance rules need static shapes, so each input size is compiled once.
+        support: (axis, start, stop), where a select mode's mask can be non-zero (a detection's class scores)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
-        key = (mode, tuple(conditions), tuple(concepts), shapes and tuple(sorted(shapes.items())))
+        key = (mode, tuple(conditions), tuple(concepts), shapes and tuple(sorted(shapes.items())), support)
         with self._lock:
             if key not in self._compiled:
                 model = with_input_shapes(self.model, shapes) if shapes else self.model
                 self._compiled[key] = compile_explainer(
                     model, composite=self.composite, mode=mode, output=self.output,
                     inputs=self.explained_inputs, layer_sums=self.layer_sums, layer_relevances=self.layer_relevances,
-                    conditions=list(conditions) or None, concepts=list(concepts) or None)
+                    conditions=list(conditions) or None, concepts=list(concepts) or None, support=support)
                 release_freed_memory()
             return self._compiled[key]
 
-    def _session(self, mode: str, conditions=(), concepts=(), x=None):
+    def _session(self, mode: str, conditions=(), concepts=(), x=None, support=None):
         shapes = self._free_shapes(x)
-        compiled = self.compiled(mode, conditions, concepts, shapes)
-        key = (mode, tuple(conditions), tuple(concepts), shapes and tuple(sorted(shapes.items())))
+        compiled = self.compiled(mode, conditions, concepts, shapes, support)
+        key = (mode, tuple(conditions), tuple(concepts), shapes and tuple(sorted(shapes.items())), support)
         with self._lock:
             if key not in self._sessions:
                 self._sessions[key] = new_session(compiled.model.SerializeToString(), self.session_options,
@@ -166,34 +168,54 @@ class Explainer:
             several concepts per input in one batched run (every per-sample array gets a concept axis).
         concepts: layers whose concept relevance per channel goes into `concept_relevance`.
         """
+        support = None
         if any(v is not None for v in (region, mask, box, direction)):
             if mode not in ("logit", "select") or output_relevance is not None or top_k is not None:
                 raise InputError("region/mask/box/direction choose the start relevance (R = z * mask): give no mode, "
                                  "output_relevance or top_k with them")
             output_relevance = self.output_mask(x, target=target, region=region, mask=mask, box=box,
                                                 direction=direction, layout=layout)
+            if box is not None:   # only the class scores can be non-zero: the box branch carries nothing
+                from .selections import detection_support
+                support = detection_support(output_relevance.shape, layout)
             mode, target = "select", None
         if isinstance(condition, (list, tuple)):
             return self._explain_concepts(x, list(condition), target, mode, output_relevance, batch_size, position,
-                                          concepts)
+                                          concepts, support)
         masks = None
         if condition:
             n = len(next(iter(x.values())) if isinstance(x, dict) else x)
             masks = {layer: [channels] * n for layer, channels in condition.items()}
-        return self._run(x, target, mode, output_relevance, batch_size, top_k, position, masks, concepts)
+        return self._run(x, target, mode, output_relevance, batch_size, top_k, position, masks, concepts, support)
 
     def output_mask(self, x, target=None, region=None, mask=None, box=None, direction=None,
                     layout: str | None = None) -> np.ndarray:
         """The M of a selection (onnxlrp.selections), shaped like the explained output for this batch (a
         dynamic output shape is read off one forward run)."""
         from .selections import output_mask
-        compiled, _ = self._session("select", x=x)
+        return output_mask(self._explained_shape(x), target=target, region=region, mask=mask, box=box,
+                           direction=direction, layout=layout)
+
+    def _explained_shape(self, x) -> tuple:
+        """The explained output's shape for this batch, from the canonical graph (no relevance compiled: a
+        selection may leave parts of the graph without a rule); a free dim read off one forward run."""
+        from .canonical import canonicalize
+        from .graph import ForwardGraph
+        with self._lock:
+            if self._canonical is None:
+                canonical = canonicalize(load_model(self.model, check=False), self.output)
+                self._canonical = (canonical, ForwardGraph(canonical.model).shape(canonical.logits))
+        canonical, shape = self._canonical
         n = len(next(iter(x.values())) if isinstance(x, dict) else x)
-        shape = (n,) + tuple(compiled.start_shape)
-        if any(d is None for d in shape):
-            shape = self.logits(x).shape
-        return output_mask(shape, target=target, region=region, mask=mask, box=box, direction=direction,
-                           layout=layout)
+        if shape is not None and all(d is not None for d in shape[1:]):
+            return (n,) + tuple(shape[1:])
+        model = onnx.ModelProto()
+        model.CopyFrom(canonical.model)
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(canonical.logits, TensorProto.FLOAT, None))
+        session = new_session(model.SerializeToString(), self.session_options, self.providers)
+        feeds = {i.name: np.asarray(x[i.name] if isinstance(x, dict) else x) for i in session.get_inputs()}
+        return session.run(None, feeds)[0].shape
 
     def concept_relevance(self, x, layer: str, target=None, mode: str = "logit", condition=None,
                           **selection) -> np.ndarray:
@@ -211,7 +233,8 @@ class Explainer:
         channels = np.argsort(-shares, axis=1, kind="stable")[:, :k]
         return channels, np.take_along_axis(shares, channels, axis=1)
 
-    def _run(self, x, target, mode, output_relevance, batch_size, top_k, position, masks, concepts) -> Explanation:
+    def _run(self, x, target, mode, output_relevance, batch_size, top_k, position, masks, concepts,
+             support=None) -> Explanation:
         if top_k is not None:
             if target is not None:
                 raise InputError("give either target or top_k, not both")
@@ -224,9 +247,9 @@ class Explainer:
                 raise InputError(f"top_k must be between 1 and the number of classes ({scores.shape[1]}); got {top_k}")
             target = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if target is not None and np.ndim(target) == 2:
-            return self._explain_several(x, np.asarray(target), mode, batch_size, position, masks, concepts)
+            return self._explain_several(x, np.asarray(target), mode, batch_size, position, masks, concepts, support)
         conditions = tuple(sorted(masks)) if masks else ()
-        compiled, session = self._session(mode, conditions, tuple(concepts or ()), x)
+        compiled, session = self._session(mode, conditions, tuple(concepts or ()), x, support)
         feeds = self._feeds(compiled, session, x)
         n = next(iter(feeds.values())).shape[0]
         if mode in ("custom", "select"):
@@ -274,7 +297,7 @@ class Explainer:
         )
 
     def _explain_concepts(self, x, conditions: list[dict], target, mode, output_relevance, batch_size, position,
-                          concepts) -> Explanation:
+                          concepts, support=None) -> Explanation:
         """k conditions per sample: every sample repeated k times in one batch, one condition per copy."""
         if not conditions or any(not isinstance(c, dict) or not c for c in conditions):
             raise InputError("condition= takes {layer: [channels]} or a list of such dicts")
@@ -293,13 +316,13 @@ class Explainer:
         if position is not None and np.ndim(position) == 1:
             position = np.repeat(np.asarray(position), k)
         flat = self._run(repeated if isinstance(x, dict) else repeated[None], target, mode, output_relevance,
-                         batch_size, None, position, masks, concepts)
+                         batch_size, None, position, masks, concepts, support)
         return _split(flat, n, k)
 
     __call__ = explain
 
     def _explain_several(self, x, targets: np.ndarray, mode: str, batch_size: int | None,
-                         position=None, masks=None, concepts=None) -> Explanation:
+                         position=None, masks=None, concepts=None, support=None) -> Explanation:
         """k targets per sample: every sample repeated k times in one batch, then split back to [n, k, ...]."""
         arrays = x if isinstance(x, dict) else {None: x}
         n = len(next(iter(arrays.values())))
@@ -312,7 +335,7 @@ class Explainer:
         if masks:
             masks = {layer: [m for m in rows for _ in range(k)] for layer, rows in masks.items()}
         flat = self._run(repeated if isinstance(x, dict) else repeated[None], targets.reshape(-1), mode, None,
-                         batch_size, None, position, masks, concepts)
+                         batch_size, None, position, masks, concepts, support)
         return _split(flat, n, k)
 
 

@@ -128,6 +128,14 @@ def detection_mask(shape: tuple, box, cls, layout: str | None = None) -> np.ndar
     return selected
 
 
+def detection_support(shape: tuple, layout: str | None = None) -> tuple[int, int, int]:
+    """(axis, start, stop): where a detection mask can be non-zero: the class scores, not the box coordinates
+    (nor YOLOv5's objectness), whichever box and class are chosen."""
+    layout = layout if layout in ("boxes_first", "attributes_first") else (
+        "boxes_first" if shape[1] >= shape[2] else "attributes_first")
+    return (2, 5, int(shape[2])) if layout == "boxes_first" else (1, 4, int(shape[1]))
+
+
 def direction_mask(shape: tuple, direction) -> np.ndarray:
     """M = r for a [N, D] output (r: [D] for every sample, or [N, D])."""
     r = np.asarray(direction, np.float32)

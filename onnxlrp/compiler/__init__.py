@@ -37,7 +37,8 @@ from .walk import Walk
 def compile_explainer(model, composite: Composite | str | None = None, mode: str = "logit",
                       output: int | str | None = None, inputs: str | list[str] | None = None,
                       layer_sums: bool = False, layer_relevances: bool = False,
-                      conditions: list[str] | None = None, concepts: list[str] | None = None) -> CompiledExplainer:
+                      conditions: list[str] | None = None, concepts: list[str] | None = None,
+                      support: tuple[int, int, int] | None = None) -> CompiledExplainer:
     """Build the explainer model in memory. `model`: a path or an onnx.ModelProto.
 
     output: the model output explained (a name or an index; default the first float output).
@@ -48,6 +49,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     conditions: layers (node or tensor names) whose relevance is masked to chosen channels (CRP): the
         model takes a [batch, channels] 0/1 mask per layer (onnxlrp.conditions).
     concepts: layers whose concept relevance per channel is output.
+    support: (axis, start, stop) of the explained output outside which the start is zero (select mode: a
+        detection's class scores); a branch that only feeds the rest (the boxes) carries nothing and needs no
+        rule.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
@@ -89,7 +93,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     crp = ConceptLayers(fwd, analysis.path, conditions, concepts)
     forward_nodes = [_copy(n) for n in fwd.nodes]
     walk = Walk(b, analysis, composite, {n.name: n for n in forward_nodes}, crp, opset, contrastive,
-                record_layers=layer_sums or layer_relevances, batch_fixed=canonical.batch is not None)
+                record_layers=layer_sums or layer_relevances, batch_fixed=canonical.batch is not None,
+                support=support)
     walked = walk.run(start.signal)
 
     batched = with_dynamic_batch if canonical.batch is None else (lambda value: value)

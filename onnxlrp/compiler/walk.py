@@ -70,9 +70,11 @@ def strategy(family: Family | None, rule, kind: str | None, form: str, block: bo
 
 class Walk:
     def __init__(self, b: Builder, analysis: Analysis, composite, forward_nodes: dict[str, onnx.NodeProto],
-                 crp, opset: int, contrastive=None, record_layers: bool = False, batch_fixed: bool = False):
+                 crp, opset: int, contrastive=None, record_layers: bool = False, batch_fixed: bool = False,
+                 support: tuple[int, int, int] | None = None):
         self.b, self.analysis, self.crp, self.opset = b, analysis, crp, opset
         self.batch_fixed = batch_fixed
+        self.support = support   # where the start can be non-zero, along one axis of the explained output
         self.form = GRADIENT if composite.form == "gradient" else RELEVANCE
         self.forward_nodes = forward_nodes
         self.contrastive = contrastive     # (the node under the logits, its pairwise start function)
@@ -107,9 +109,11 @@ class Walk:
         analysis = self.analysis
         carries = [analysis.carries(name) for name in node.input]
         relevance_form = form == RELEVANCE
+        support = self.support if self.support and analysis.logits in node.output else None
         return Context(node=self.forward_nodes[node.name], graph=analysis.fwd, b=self.b,
                        rule=analysis.rules.get(node.name), signals=signals, carries=carries,
                        kind=analysis.kinds.get(node.name), opset=self.opset, batch_fixed=self.batch_fixed,
+                       extra={"nonzero": support} if support else {},
                        only_where_positive=relevance_form and self.zeros.only_where_positive(node),
                        relu_of_output=self.zeros.relu_of(node) if relevance_form else None)
 

@@ -107,7 +107,18 @@ def concat(ctx: Context, seeds):
         sizes = b.op("Concat", [_dim(ctx, name, axis) for name in ctx.node.input], axis=0)
     parts = b.op("Split", [seeds[0], sizes], n_out=len(shapes), axis=axis)
     parts = parts if isinstance(parts, list) else [parts]
-    return [part if ctx.carries_relevance(i) else None for i, part in enumerate(parts)]
+    return [part if ctx.carries_relevance(i) and _may_be_nonzero(ctx, axis, shapes, i) else None
+            for i, part in enumerate(parts)]
+
+
+def _may_be_nonzero(ctx: Context, axis: int, shapes: list, i: int) -> bool:
+    """Where the walk knows along which range of this axis the seed can be non-zero (a detection's class
+    scores), a part wholly outside it carries nothing: its branch (the boxes) needs no rule."""
+    nonzero = ctx.extra.get("nonzero")
+    if not nonzero or nonzero[0] != axis or any(shape[axis] is None for shape in shapes[:i + 1]):
+        return True
+    start = sum(shape[axis] for shape in shapes[:i])
+    return start < nonzero[2] and start + shapes[i][axis] > nonzero[1]
 
 
 @vjp(SPLIT)

@@ -8,6 +8,7 @@ from onnx import numpy_helper, parser
 from reference import jacobian_fd, rel_l2
 
 from onnxlrp import Explainer, composites, rules
+from onnxlrp.errors import OnnxLrpError
 from onnxlrp.inspect import format_report, inspect_model
 
 
@@ -150,3 +151,34 @@ def test_a_declaration_overrides_the_built_in_handler_in_every_composite(composi
         report = inspect_model(model, composite=declared)
         assert any(row.node == "Mul_3" and "Pass()" in row.treatment and "(declared)" in row.treatment
                    for row in report.rows), format_report(report)
+
+
+DETECTOR = """g (float[N, 4] x) => (float[N, 6, 3] y) {
+    features = MatMul (x, w)
+    grid = Reshape (features, shape)
+    boxes_raw = Slice (grid, zero, four, one)
+    boxes = Cos (boxes_raw)
+    scores_raw = Slice (grid, four, six, one)
+    scores = Sigmoid (scores_raw)
+    y = Concat <axis = 1> (boxes, scores)
+}"""
+
+
+def test_a_detectors_box_branch_needs_no_rule_when_a_class_score_is_explained(rng):
+    """[N, 4 + C, boxes] (YOLOv8's layout): the box coordinates come through an op onnxlrp has no rule for
+    (Cos here); explaining the class-c score of one box sends nothing there, so it compiles; a selection that
+    covers the boxes too is refused at that op."""
+    model = _model(DETECTOR, w=rng.normal(size=(4, 18)))
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
+                                    [("shape", [0, 6, 3]), ("zero", [0]), ("four", [4]), ("six", [6]), ("one", [1])]])
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    ex = Explainer(model, composite=composites.Uniform(rules.LRP0()))
+    res = ex.explain(x, box=[2, 0], target=[1, 0], layout="attributes_first")
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+    for i, (box, cls) in enumerate([(2, 1), (0, 0)]):
+        column = (4 + cls) * 3 + box                   # the logit feeding that score
+        score = res.outputs[0][i, 4 + cls, box]
+        np.testing.assert_allclose(res.relevance[i], x[i] * w[:, column] * score / (x[i] @ w[:, column]),
+                                   rtol=1e-4, atol=1e-6)
+    with pytest.raises(OnnxLrpError, match="Cos"):
+        ex.explain(x, mode="select", output_relevance=np.ones((2, 6, 3), np.float32))
