@@ -459,18 +459,14 @@ def _group_query_attention(e: _Emitter, node) -> None:
     heads, kv_heads = int(attrs["num_heads"]), int(attrs["kv_num_heads"])
     window = int(attrs.get("local_window_size", -1))
     causal = bool(attrs.get("causal", 1))
+    head_size = _gqa_head_size(e, node, heads, kv_heads)
     if key is None:   # packed QKV [B, S, (N + 2 Nkv) H]
-        width = e.known.dim(query, 2)
-        total_heads = heads + 2 * kv_heads
-        if width:
-            sizes = e.ints([heads * width // total_heads] + [kv_heads * width // total_heads] * 2)
+        if head_size:
+            sizes = e.ints([heads * head_size, kv_heads * head_size, kv_heads * head_size])
         else:
-            head = e.op("Div", [e.dim(query, 2), e.ints([total_heads])])
+            head = e.op("Div", [e.dim(query, 2), e.ints([heads + 2 * kv_heads])])
             sizes = e.op("Mul", [head, e.ints([heads, kv_heads, kv_heads])])
         query, key, value = e.ops("Split", [query, sizes], 3, axis=-1)
-        head_size = width // total_heads if width else None
-    else:
-        head_size = _per_head(e.known.dim(query, 2), heads) or _per_head(e.known.dim(key, 2), kv_heads)
     q, k, v = _heads(e, query, heads), _heads(e, key, kv_heads), _heads(e, value, kv_heads)
 
     # positions of the new tokens [B, S]
@@ -531,12 +527,25 @@ def _group_query_attention(e: _Emitter, node) -> None:
                 _gather_rows(e, tensor, index, _out(node, j))
 
 
+def _gqa_head_size(e: _Emitter, node, heads: int, kv_heads: int) -> int | None:
+    """The head size, from whichever of the query, key, output or past is known here (onnx cannot infer the
+    outputs of other fused ops upstream, such as MatMulNBits; an exporter's value_info may say)."""
+    query, key, _, past_key = _inputs(node, 4)
+    widths = [(query, 2, heads + 2 * kv_heads if key is None else heads), (key, 2, kv_heads),
+              (node.output[0], 2, heads), (past_key, 3, 1)]
+    for tensor, axis, per in widths:
+        size = e.known.dim(tensor, axis) if tensor else None
+        if size:
+            return size // per
+    return None
+
+
 def _gqa_present_rows(e: _Emitter, keys: str, S: str, past_length: str, last: str, total_length: str,
                       capacity: str | None, held: str | None, sliding: bool, window: int) -> str:
-    """Which row of concat(past, new, a zero row) each row of GroupQueryAttention's present is, [B, rows]:
-    the held past then the new rows, zero rows after them up to max(capacity, total_sequence_length); or, with
-    a window-sized cache (sliding_window_cache), the last min(T_b, W) positions from row 0, zeros up to the
-    capacity (what onnxruntime writes)."""
+    """Which row of concat(past, new, a zero row) each row of GroupQueryAttention's present is, [B, rows]: the held
+    past then the new rows, up to max(capacity, total_sequence_length) rows; or, with a window-sized cache
+    (sliding_window_cache), the last min(T_b, W) positions from row 0, up to the capacity. The rows after them
+    (which onnxruntime leaves unwritten, and no later step reads) are zeros."""
     zero, one = e.const(0, np.int64), e.const(1, np.int64)
     capacity = capacity or e.ints([0])
     held = held or e.op("Mul", [past_length, e.ints([0])])
