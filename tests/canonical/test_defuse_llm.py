@@ -312,7 +312,7 @@ def test_skip_simplified_layer_norm_gives_the_residual_sum():
 
 def test_a_gqa_with_inputs_it_cannot_take_is_refused_in_one_line():
     rng = np.random.default_rng(16)
-    model, feeds = gqa(rng, 1, 3, 2, [2], do_rotary=1)
+    model, _ = gqa(rng, 1, 3, 2, [2], do_rotary=1)
     model.graph.node[0].input.extend(["position_ids"])
     model.graph.input.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, 3]))
     with pytest.raises(OnnxLrpError, match=r"GroupQueryAttention \(node 'fused'\): GroupQueryAttention with "

@@ -25,10 +25,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-import llm_fixtures as F  # noqa: E402
-from reference import rel_l2  # noqa: E402
+import llm_fixtures as F
+from reference import rel_l2
 
-from onnxlrp import Explainer  # noqa: E402
+from onnxlrp import Explainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.lxt]
 EXPORTS = ("torchscript", "dynamo_static", "dynamo_dynamic", "dynamo_opset23", "optimum", "genai_fp32")
