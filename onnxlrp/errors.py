@@ -13,17 +13,33 @@ class UnsupportedModelError(OnnxLrpError):
     """The model uses a construct onnxlrp cannot explain (and says how to work around it)."""
 
 
+def mixes_inputs(op_type: str) -> bool:
+    """Fused ops whose output mixes several computed inputs (attention over queries, keys and values, experts
+    weighted by a router, a search loop around a model): passing relevance to the first input or treating the
+    op as linear in it would be wrong, so declaring them is not a remedy."""
+    return "Attention" in op_type or op_type in MIXING_OPS
+
+
+MIXING_OPS = frozenset({"MoE", "QMoE", "SparseMoE", "BeamSearch", "GreedySearch", "Sampling", "WhisperBeamSearch",
+                        "GatedRelativePositionBias"})
+
+
 class UnsupportedOpError(UnsupportedModelError):
     """A node whose op has no relevance handler."""
 
     def __init__(self, op_type: str, node_name: str, detail: str = ""):
         self.op_type = op_type
         self.node_name = node_name
-        remedy = (
-            f"to go on, declare it: composites.LayerMap([(\"{op_type}\", rules.Pass())], base=...) passes relevance "
-            f"through unchanged, rules.Norm() instead treats it as a linear map of its first input "
-            f"(command line: --declare {op_type}=pass or --declare {op_type}=linear)"
-        )
+        if mixes_inputs(op_type):
+            remedy = ("it mixes several computed inputs, so declaring it pass or linear would be wrong: explain the "
+                      "model exported without this fused op (torch.onnx, optimum, or before onnxruntime's "
+                      "transformer optimizer)")
+        else:
+            remedy = (
+                f"to go on, declare it: composites.LayerMap([(\"{op_type}\", rules.Pass())], base=...) passes "
+                f"relevance through unchanged, rules.Norm() instead treats it as a linear map of its first input "
+                f"(command line: --declare {op_type}=pass or --declare {op_type}=linear)"
+            )
         message = f"op {op_type} (node '{node_name}') is not supported"
         if detail:
             message += f": {detail}"

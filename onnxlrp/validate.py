@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import ModelLoadError, UnsupportedModelError
 
 ORT_CHECK_LIMIT = 768 * 1024**2          # bytes of model up to which onnxruntime's loader checks it
+ORT_ONNX_DOMAIN_OPS = ("SimplifiedLayerNormalization",)   # onnxruntime's own, in the onnx domain
 INPUT_LIMIT = 16 * 1024**3               # bytes one sample of one input may take
 MIN_IR_VERSION = 3
 
@@ -185,10 +186,27 @@ def check_with_onnxruntime(model: onnx.ModelProto, name: str = "the model") -> N
     import onnxruntime as ort
     size = model.ByteSize()
     if size > ORT_CHECK_LIMIT:
+        # onnxruntime registers a few ops of its own in the onnx domain (onnxruntime-genai's graphs use them):
+        # onnx's checker, which does not know them, checks them as the contrib ops they are
+        own = [(node, node.domain if node.HasField("domain") else None) for node in model.graph.node
+               if node.domain in ("", "ai.onnx") and node.op_type in ORT_ONNX_DOMAIN_OPS]
+        added = bool(own) and not any(o.domain == "com.microsoft" for o in model.opset_import)
+        for node, _ in own:
+            node.domain = "com.microsoft"
+        if added:
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         try:
             onnx.checker.check_model(model)
         except Exception as exc:  # noqa: BLE001 - the checker raises several types
             raise ModelLoadError(f"{name} fails onnx's checker: {_first_line(exc)}") from None
+        finally:
+            for node, domain in own:
+                if domain is None:
+                    node.ClearField("domain")
+                else:
+                    node.domain = domain
+            if added:
+                del model.opset_import[len(model.opset_import) - 1]
         return
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
