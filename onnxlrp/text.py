@@ -49,9 +49,12 @@ def encode(tokenizer, text: str, model_inputs: list[str]) -> Encoded:
     return Encoded(tokens=list(encoding.tokens), feeds=feeds)
 
 
+POSITIVE, NEGATIVE = "220, 40, 40", "40, 90, 220"   # red for the target, blue against it
+
+
 def _colour(value: float, scale: float) -> str:
     strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
-    rgb = "220, 40, 40" if value >= 0 else "40, 90, 220"
+    rgb = POSITIVE if value >= 0 else NEGATIVE
     return f"rgba({rgb}, {strength:.3f})"
 
 
