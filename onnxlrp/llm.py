@@ -290,13 +290,17 @@ def tokenizer_beside(model_path: str | Path) -> Path | None:
 
 def token_texts(tokenizer, ids) -> list[str]:
     """Each token as it reads in the decoded text (with its leading space, say), special tokens kept: the
-    decoded text of ids[:k+1] after that of ids[:k]; a token that does not extend the text alone (half of a
-    UTF-8 character) is decoded on its own."""
+    decoded text of ids[:k+1] after that of ids[:k]. A token that ends inside a UTF-8 character (byte-level
+    vocabularies split "ß" in two) reads as "", and the token that completes the character takes all of it;
+    the texts put together are the decoded text."""
     ids = [int(i) for i in ids]
-    texts, before = [], ""
+    texts, stable = [], ""
     for k in range(len(ids)):
         now = tokenizer.decode(ids[:k + 1], skip_special_tokens=False)
-        texts.append(now[len(before):] if now.startswith(before) else tokenizer.decode([ids[k]],
-                                                                                      skip_special_tokens=False))
-        before = now
+        if now.endswith("\ufffd") and k + 1 < len(ids):     # half a character so far
+            texts.append("")
+            continue
+        texts.append(now[len(stable):] if now.startswith(stable) else tokenizer.decode([ids[k]],
+                                                                                       skip_special_tokens=False))
+        stable = now
     return texts

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from . import composites as composites_module
 from .compiler import CompiledExplainer, abs_sum_name, compile_explainer, rejected_explainer
 from .errors import InputError, UnsupportedModelError
+from .generation import Generation
 from .llm import DecoderInputs, decoder_inputs, model_file
 from .model import free_input_dims, load_model, with_input_shapes
 from .compiler.start import MODES
@@ -107,11 +108,11 @@ class Explainer:
         return self._generate(prompt_ids, max_new_tokens, eos_token_id, use_cache)[0]
 
     def explain_generation(self, prompt_ids, max_new_tokens: int = 20, eos_token_id=None, use_cache: bool = True,
-                           mode: str = "logit", batch_size: int = 8) -> "Generation":
+                           mode: str = "logit", batch_size: int = 8) -> Generation:
         """Generate greedily (as `generate`), then explain every new token: `.relevance` [N, P + N], row t the
         relevance of every prompt and earlier new token for new token t, as `explain` gives it for that token at
         the position that predicted it. `batch_size` new tokens are explained per onnxruntime run."""
-        from .generation import Generation, relevance_matrix
+        from .generation import relevance_matrix
         new, logits, probabilities, stopped, prompt = self._generate(prompt_ids, max_new_tokens, eos_token_id,
                                                                      use_cache)
         if batch_size < 1:
