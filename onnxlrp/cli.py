@@ -633,19 +633,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_composite_options(p)
     p.set_defaults(func=cmd_concepts)
 
-    p = sub.add_parser("serve", help="a local web page and JSON API that explain images with the given models",
+    p = sub.add_parser("serve", help="a local web page and JSON API that explain images, texts and generated "
+                       "answers with the given models",
                        description="Serve MODEL(s) at http://HOST:PORT/: a page where you drop or pick an image, see "
                        "the top classes, click one to explain it, choose the composite, its parameters and the start, "
-                       "compare composites side by side and download the heatmap and the relevance; and a JSON API "
-                       "(POST /v1/explain, GET /v1/models; OpenAPI docs at /docs). Binds to 127.0.0.1 unless "
-                       "--host says otherwise. Needs the [serve] extra. docs/serve.md.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX image classifier(s)")
+                       "compare composites side by side and download the heatmap and the relevance; for a language "
+                       "model, type a prompt, see the answer and click a word of it to see what it rests on; and a "
+                       "JSON API (POST /v1/explain, POST /v1/generate, GET /v1/models; OpenAPI docs at /docs). Binds "
+                       "to 127.0.0.1 unless --host says otherwise. Needs the [serve] extra. docs/serve.md.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX image classifiers, text models, and language "
+                   "models (a file, or an onnxruntime-genai / optimum folder with its tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=8, help="largest request accepted (default 8 MB)")
     p.add_argument("--tokenizer", action="append", default=[], metavar="[MODEL=]tokenizer.json",
-                   help="the HuggingFace tokenizer.json of a text model (MODEL: its file stem; without it, every "
-                   "text model's); the page then takes a sentence")
+                   help="the HuggingFace tokenizer.json of a text model (MODEL: its name, the file stem or a "
+                   "model.onnx's folder; without it, every text model's; default the tokenizer.json beside it); the "
+                   "page then takes a sentence, or a prompt for a language model")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted, as a report",

@@ -171,7 +171,8 @@ def _logits_output(graph, output) -> str | None:
 
 def _position_axes(graph) -> dict[str, int]:
     """Past input -> the axis its positions run along: the axis of the Concat that appends the new keys or
-    values to it; a GroupQueryAttention / MultiHeadAttention past is [batch, heads, positions, head] (axis 2)."""
+    values to it; the past of GroupQueryAttention, MultiHeadAttention and ONNX Attention is [batch, heads,
+    positions, head] (axis 2), that of com.microsoft Attention [2, batch, heads, positions, head] (axis 3)."""
     axes = {}
     for node in graph.node:
         if node.op_type == "Concat":
@@ -179,8 +180,9 @@ def _position_axes(graph) -> dict[str, int]:
             for name in node.input:
                 axes.setdefault(name, axis)
         elif node.op_type in ("GroupQueryAttention", "MultiHeadAttention", "Attention"):
+            axis = 3 if node.op_type == "Attention" and node.domain == "com.microsoft" else 2   # its past: [2, B, N, P, H]
             for name in node.input:
-                axes.setdefault(name, 2)
+                axes.setdefault(name, axis)
     return axes
 
 
