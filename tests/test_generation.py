@@ -280,3 +280,13 @@ def test_the_page_shows_what_each_word_of_the_answer_rests_on(answered):
         browser.save_screenshot(str(out / "page.png"))
     finally:
         browser.quit()
+
+
+def test_the_page_colours_as_the_token_pages_do():
+    """answer.js (generation.html, onnxlrp serve) uses text.py's red and blue."""
+    import re
+    from onnxlrp import text
+    from onnxlrp.generation_page import STATIC
+    script = (STATIC / "answer.js").read_text()
+    found = dict(re.findall(r'ANSWER_(POSITIVE|NEGATIVE) = "([\d, ]+)"', script))
+    assert found == {"POSITIVE": text.POSITIVE, "NEGATIVE": text.NEGATIVE}
