@@ -31,7 +31,7 @@ def _floats(text: str):
 
 def _add_composite_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("rules")
-    group.add_argument("--composite", default="epsilon_plus_flat", help=COMPOSITE_HELP)
+    group.add_argument("--composite", default=None, help=COMPOSITE_HELP + " (explain --prompt: attn_lrp)")
     group.add_argument("--low", type=_floats, help="lowest input value for ZBox (a number, or one per channel: -2.1,-2.0,-1.8)")
     group.add_argument("--high", type=_floats, help="highest input value for ZBox (a number, or one per channel)")
     group.add_argument("--epsilon", type=float, help="epsilon of the Epsilon rule (default 1e-6)")
@@ -66,7 +66,9 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--std", type=_float_list, help="per-channel std for images, e.g. 0.229,0.224,0.225")
 
 
-def _composite_from(args):
+def _composite_from(args, default: str = "epsilon_plus_flat"):
+    if args.composite is None:
+        args.composite = default
     name = args.composite.strip().lower().replace("-", "_")
     if name not in composites_module.NAMED:
         raise OnnxLrpError(f"unknown composite '{args.composite}'; known: {', '.join(sorted(composites_module.NAMED))}")
@@ -153,6 +155,8 @@ def cmd_explain(args) -> int:
 
     if args.top_k is not None and args.target is not None:
         raise OnnxLrpError("give either --target or --top-k, not both")
+    if args.prompt is not None:
+        return _explain_prompt(args)
     if args.text is not None or args.texts is not None:
         return _explain_texts(args)
     if not args.inputs:
@@ -175,7 +179,7 @@ def cmd_explain(args) -> int:
     if not items:
         raise OnnxLrpError("nothing was explained: none of the INPUTs is a file that can be read (see above)")
     verbose = args.verbose or len(items) <= 10
-    job = Job(items, settings, batch_size=args.batch_size, overwrite=args.overwrite, show_progress=not args.quiet,
+    job = Job(items, settings, batch_size=args.batch_size or 16, overwrite=args.overwrite, show_progress=not args.quiet,
               verbose=verbose)
     interrupted = False
     main_thread = threading.current_thread() is threading.main_thread()
@@ -218,6 +222,49 @@ def _explain_texts(args) -> int:
     done, skipped = explain_texts(explainer, texts, tokenizer, out, target=args.target, overwrite=args.overwrite,
                                   show=not args.quiet)
     print(f"{done} explained, {skipped} already done; results in {out}/")
+    return 0
+
+
+def _explain_prompt(args) -> int:
+    """A language model's greedy answer to --prompt, and what every token of it rests on."""
+    from .generation_page import generation_table, write_generation
+    from .llm import model_file, tokenizer_beside
+    from .runtime import Explainer
+    from .text import load_tokenizer
+
+    if args.inputs or args.text is not None or args.texts is not None:
+        raise OnnxLrpError("--prompt explains a generated answer: give no INPUT files, --text or --texts with it")
+    if args.target is not None or args.top_k is not None:
+        raise OnnxLrpError("--prompt explains every generated token: give no --target or --top-k with it")
+    if args.max_new_tokens < 1:
+        raise OnnxLrpError(f"--max-new-tokens must be at least 1; got {args.max_new_tokens}")
+    path = model_file(args.model)
+    tokenizer_path = args.tokenizer or tokenizer_beside(path)
+    if tokenizer_path is None:
+        raise OnnxLrpError(f"no tokenizer.json beside '{path}': give --tokenizer tokenizer.json")
+    tokenizer = load_tokenizer(str(tokenizer_path))
+    ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        raise OnnxLrpError(f"the tokenizer made no tokens of {args.prompt!r}")
+    composite = _composite_from(args, default="attn_lrp")
+    explainer = Explainer(str(path), composite=composite, output=_model_output(args), inputs=_model_inputs(args),
+                          threads=args.threads)
+    eos = None
+    if args.eos_token_id is not None:
+        try:
+            eos = [] if args.eos_token_id.strip().lower() == "none" else _int_list(args.eos_token_id)
+        except argparse.ArgumentTypeError as exc:
+            raise OnnxLrpError(f"--eos-token-id: {exc}") from None
+    generation = explainer.explain_generation(ids, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
+                                              mode=args.mode, batch_size=args.batch_size or 8)
+    name = f"{path.parent.parent.name}/{path.parent.name}" if path.name == "model.onnx" else path.stem
+    table = generation_table(generation, tokenizer, prompt=args.prompt, model=name, composite=args.composite)
+    out = Path(args.out)
+    write_generation(out, table, generation.relevance)
+    print(f"{args.prompt} -> {table['answer']!r}  ({len(generation.new_ids)} new tokens, "
+          f"{'stopped at the end-of-sequence token' if generation.stopped == 'eos' else 'max-new-tokens reached'})")
+    print(f"results in {out}/: generation.html (open it: hover or click a word of the answer), generation.json, "
+          "generation.relevance.npy")
     return 0
 
 
@@ -497,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the input's path below its folder. Resumable: an input whose .relevance.npy exists is "
                        "skipped, so an interrupted job goes on where it stopped when started again. Inputs that "
                        "fail are reported, listed in OUT/failed.txt and skipped; the exit code is then 1.")
-    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file (with --prompt also its folder)")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, .npy arrays, folders or glob patterns")
     _add_input_options(p)
     group = p.add_argument_group("outputs that are not [batch, classes] (R = output * mask; --target is the class)")
@@ -523,12 +570,24 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--texts", default=None, metavar="FILE.txt", help="a file of texts, one a line "
                        "(OUT/<file>-<line>.*; resumable like INPUTs)")
     group.add_argument("--tokenizer", default=None, metavar="tokenizer.json",
-                       help="the HuggingFace tokenizer.json that feeds input_ids, attention_mask and token_type_ids")
+                       help="the HuggingFace tokenizer.json that feeds input_ids, attention_mask and token_type_ids "
+                       "(--prompt: by default the one beside the model)")
+    group = p.add_argument_group("language models: a generated answer (e.g. MODEL an onnxruntime-genai or optimum "
+                                 "folder; composite attn_lrp unless --composite)")
+    group.add_argument("--prompt", default=None, help="generate greedily from this prompt, then explain every new "
+                       "token by every token before it: OUT/generation.html (hover or click a word of the answer), "
+                       "OUT/generation.json and OUT/generation.relevance.npy ([new tokens, all tokens])")
+    group.add_argument("--max-new-tokens", type=int, default=20, metavar="N",
+                       help="tokens to generate at most (default 20)")
+    group.add_argument("--eos-token-id", default=None, metavar="ID[,ID]|none",
+                       help="ids that end the answer (default: the model folder's generation_config.json, config.json "
+                       "or genai_config.json); none: always generate --max-new-tokens")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="explain each input's K highest-scoring classes in one run: one heatmap per class "
                    "(<name>.class<c>.*), a side-by-side grid <name>.targets.png and <name>.targets.json")
     p.add_argument("--out", default="heatmaps", help="output folder (default heatmaps/)")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per onnxruntime run (default 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="inputs per onnxruntime run (default 16; --prompt: "
+                   "new tokens explained per run, default 8)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores; "
                    "with --ray: per actor, default 1)")
     p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
@@ -574,19 +633,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_composite_options(p)
     p.set_defaults(func=cmd_concepts)
 
-    p = sub.add_parser("serve", help="a local web page and JSON API that explain images with the given models",
+    p = sub.add_parser("serve", help="a local web page and JSON API that explain images, texts and generated "
+                       "answers with the given models",
                        description="Serve MODEL(s) at http://HOST:PORT/: a page where you drop or pick an image, see "
                        "the top classes, click one to explain it, choose the composite, its parameters and the start, "
-                       "compare composites side by side and download the heatmap and the relevance; and a JSON API "
-                       "(POST /v1/explain, GET /v1/models; OpenAPI docs at /docs). Binds to 127.0.0.1 unless "
-                       "--host says otherwise. Needs the [serve] extra. docs/serve.md.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX image classifier(s)")
+                       "compare composites side by side and download the heatmap and the relevance; for a language "
+                       "model, type a prompt, see the answer and click a word of it to see what it rests on; and a "
+                       "JSON API (POST /v1/explain, POST /v1/generate, GET /v1/models; OpenAPI docs at /docs). Binds "
+                       "to 127.0.0.1 unless --host says otherwise. Needs the [serve] extra. docs/serve.md.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX image classifiers, text models, and language "
+                   "models (a file, or an onnxruntime-genai / optimum folder with its tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=8, help="largest request accepted (default 8 MB)")
     p.add_argument("--tokenizer", action="append", default=[], metavar="[MODEL=]tokenizer.json",
-                   help="the HuggingFace tokenizer.json of a text model (MODEL: its file stem; without it, every "
-                   "text model's); the page then takes a sentence")
+                   help="the HuggingFace tokenizer.json of a text model (MODEL: its name, the file stem or a "
+                   "model.onnx's folder; without it, every text model's; default the tokenizer.json beside it); the "
+                   "page then takes a sentence, or a prompt for a language model")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("evaluate", help="checks that say whether an explanation can be trusted, as a report",

@@ -4,8 +4,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +17,8 @@ from onnx import TensorProto, helper
 from . import composites as composites_module
 from .compiler import CompiledExplainer, abs_sum_name, compile_explainer, rejected_explainer
 from .errors import InputError, UnsupportedModelError
+from .generation import Generation
+from .llm import DecoderInputs, decoder_inputs, model_file
 from .model import free_input_dims, load_model, with_input_shapes
 from .compiler.start import MODES
 
@@ -53,6 +57,9 @@ class Explainer:
     def __init__(self, model, composite=None, providers=None, output=None, inputs=None,
                  session_options: ort.SessionOptions | None = None, layer_sums: bool = False,
                  threads: int | None = None, layer_relevances: bool = False):
+        if isinstance(model, (str, os.PathLike)):
+            model = model_file(model)      # a folder (onnxruntime-genai's, optimum's): its model.onnx
+        self.source = Path(model) if isinstance(model, (str, os.PathLike)) else None   # its folder has its configs
         self.model = load_model(model)
         self.composite = composites_module.get(composite)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
@@ -67,6 +74,8 @@ class Explainer:
         self._forwards: dict[object, ort.InferenceSession] = {}   # the plain forward model, per input size
         self._forward_mode_name: str | None = None
         self._canonical = None   # (canonical model, explained output's shape): for selections
+        self._decoder: DecoderInputs | None = None
+        self._generator: ort.InferenceSession | None = None   # the model itself, for generation
         self._lock = threading.Lock()   # sessions are built once, even when threads share this explainer
 
     def replace(self, **changes) -> "Explainer":
@@ -79,7 +88,67 @@ class Explainer:
         unknown = set(changes) - set(settings)
         if unknown:
             raise TypeError(f"Explainer.replace() got unknown settings {sorted(unknown)}")
-        return Explainer(**{**settings, **changes})
+        replaced = Explainer(**{**settings, **changes})
+        if "model" not in changes:
+            replaced.source = self.source
+        return replaced
+
+    @property
+    def decoder(self) -> DecoderInputs:
+        """The model's decoder conventions (onnxlrp.llm): its token input, past inputs, head size, end ids."""
+        with self._lock:
+            if self._decoder is None:
+                self._decoder = decoder_inputs(self.model, self.source.parent if self.source else None, self.output)
+            return self._decoder
+
+    def generate(self, prompt_ids, max_new_tokens: int = 20, eos_token_id=None, use_cache: bool = True) -> np.ndarray:
+        """Greedy generation with the model itself in onnxruntime: the new token ids (1-D). The cache is fed
+        forward where the model has one (use_cache=False: the growing sequence is run again each step).
+        eos_token_id: an id or ids that stop it (kept as the last new token); None: those of the model's
+        folder (generation_config.json, config.json, genai_config.json), if any; []: never stop early."""
+        return self._generate(prompt_ids, max_new_tokens, eos_token_id, use_cache)[0]
+
+    def explain_generation(self, prompt_ids, max_new_tokens: int = 20, eos_token_id=None, use_cache: bool = True,
+                           mode: str = "logit", batch_size: int = 8) -> Generation:
+        """Generate greedily (as `generate`), then explain every new token: `.relevance` [N, P + N], row t the
+        relevance of every prompt and earlier new token for new token t, as `explain` gives it for that token at
+        the position that predicted it. `batch_size` new tokens are explained per onnxruntime run."""
+        from .generation import relevance_matrix
+        new, logits, probabilities, stopped, prompt = self._generate(prompt_ids, max_new_tokens, eos_token_id,
+                                                                     use_cache)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1; got {batch_size}")
+        ids = np.concatenate([prompt, new])
+        matrix, _ = relevance_matrix(self, self.decoder, ids, len(prompt), mode=mode, batch_size=batch_size)
+        return Generation(prompt_ids=prompt, new_ids=new, relevance=matrix, logits=logits,
+                          probabilities=probabilities, stopped=stopped)
+
+    def _generate(self, prompt_ids, max_new_tokens, eos_token_id, use_cache):
+        from .generation import eos_list, generate, prompt_array
+        prompt = prompt_array(prompt_ids)
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}")
+        spec = self.decoder
+        if spec.tokens is None or spec.logits is None:
+            raise InputError("generation needs a language model: token ids [batch, sequence] in, logits [batch, "
+                             "sequence, vocabulary] out; this model takes "
+                             f"{list(spec.inputs)} and gives {[o.name for o in self.model.graph.output]}")
+        if spec.fixed_length is not None:
+            raise InputError(f"the model takes exactly {spec.fixed_length} tokens (its sequence length was fixed at "
+                             "export); generation needs a dynamic sequence axis (torch.onnx: dynamic_axes / "
+                             "dynamic_shapes on the sequence)")
+        with self._lock:
+            if self._generator is None:
+                source = str(self.source) if self.source else self.model.SerializeToString()
+                try:
+                    self._generator = ort.InferenceSession(source, self.session_options, providers=self.providers)
+                except Exception as exc:  # noqa: BLE001 - onnxruntime refusing the model itself
+                    text = str(exc).strip().splitlines()
+                    raise UnsupportedModelError(f"onnxruntime cannot load the model to generate with it: "
+                                                f"{text[0][:300] if text else exc}") from None
+        new, logits, probabilities, stopped = generate(self._generator, spec, prompt, int(max_new_tokens),
+                                                       eos_list(eos_token_id, spec.eos_token_ids), use_cache)
+        return new, logits, probabilities, stopped, prompt
 
     def compiled(self, mode: str = "logit", conditions=(), concepts=(), shapes=None, support=None) -> CompiledExplainer:
         """The explainer model for `mode`, compiled once (no session is built for it until one is run).
@@ -342,16 +411,18 @@ class Explainer:
     def _feeds(self, compiled: CompiledExplainer, session, x) -> dict[str, np.ndarray]:
         declared = {i.name: i for i in session.get_inputs()}
         model_inputs = compiled.inputs
-        if isinstance(x, dict):
-            missing = [name for name in model_inputs if name not in x]
-            unknown = [name for name in x if name not in model_inputs]
-            if missing or unknown:
-                raise InputError(f"inputs given {sorted(x)}, but the model takes {model_inputs}")
-            arrays = dict(x)
-        else:
-            if len(model_inputs) != 1:
+        if not isinstance(x, dict):
+            others = [name for name in model_inputs if name != self.decoder.tokens]
+            if len(model_inputs) == 1:
+                x = {model_inputs[0]: x}
+            elif self.decoder.tokens in model_inputs and all(self.decoder.fillable(name) for name in others):
+                x = {self.decoder.tokens: x}     # a decoder's token ids: the other inputs are filled in
+            else:
                 raise InputError(f"the model has inputs {model_inputs}: pass a dict name -> array")
-            arrays = {model_inputs[0]: x}
+        unknown = [name for name in x if name not in model_inputs]
+        if unknown:
+            raise InputError(f"inputs given {sorted(x)}, but the model takes {model_inputs}")
+        arrays = self.decoder.fill(x, model_inputs)   # inputs left out: a decoder's mask, positions, empty pasts
         feeds, batch = {}, None
         for name, value in arrays.items():
             array = np.asarray(value)

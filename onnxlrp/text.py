@@ -38,10 +38,14 @@ class Encoded:
     feeds: dict[str, np.ndarray]   # by the model's input names, batch of one
 
 
-def encode(tokenizer, text: str, model_inputs: list[str]) -> Encoded:
+def encode(tokenizer, text: str, model_inputs: list[str], filled=None) -> Encoded:
+    """The tokenizer's ids, mask and type ids for the model's inputs of those names; `filled(name)` says which
+    other inputs the Explainer fills in itself (a decoder's positions and past: Explainer.decoder.fillable)."""
     encoding = tokenizer.encode(text)
     if not encoding.ids:
         raise InputError(f"the tokenizer made no tokens of {text!r}")
+    if filled is not None:
+        model_inputs = [name for name in model_inputs if name in TOKENIZER_INPUTS or not filled(name)]
     unknown = [name for name in model_inputs if name not in TOKENIZER_INPUTS]
     if unknown:
         raise InputError(f"the model also takes {unknown}; --text feeds only {sorted(TOKENIZER_INPUTS)}")
@@ -49,9 +53,12 @@ def encode(tokenizer, text: str, model_inputs: list[str]) -> Encoded:
     return Encoded(tokens=list(encoding.tokens), feeds=feeds)
 
 
+POSITIVE, NEGATIVE = "220, 40, 40", "40, 90, 220"   # red for the target, blue against it
+
+
 def _colour(value: float, scale: float) -> str:
     strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
-    rgb = "220, 40, 40" if value >= 0 else "40, 90, 220"
+    rgb = POSITIVE if value >= 0 else NEGATIVE
     return f"rgba({rgb}, {strength:.3f})"
 
 
@@ -93,7 +100,7 @@ def explain_texts(explainer, texts: list[tuple[str, str]], tokenizer, out: Path,
         if not overwrite and (out / f"{name}.tokens.json").exists():
             skipped += 1
             continue
-        encoded = encode(tokenizer, text, compiled.inputs)
+        encoded = encode(tokenizer, text, compiled.inputs, explainer.decoder.fillable)
         res = explainer.explain(encoded.feeds, target=target)
         relevance = res.relevance[0]
         table = {"text": text, "target": int(np.ravel(res.target)[0]),

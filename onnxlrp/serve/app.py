@@ -7,6 +7,8 @@
                            target or top_k, composite and its parameters, mode; returns the target, the
                            scores, a relevance summary and the heatmap and overlay as PNG data URLs (with
                            raw=true also the relevance as a base64 .npy)
+    POST /v1/generate      a language model's greedy answer to a prompt (JSON: model, prompt, max_new_tokens,
+                           composite), with the relevance of every token for every new token
     GET  /docs             OpenAPI docs: Swagger UI, its script and style bundled (fastapi-offline)
 
 Every error, ours or the framework's (unknown path, wrong method), answers {"error": "..."}.
@@ -23,16 +25,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import InputError, OnnxLrpError
 from ..heatmap import colorize, relevance_map
 from ..inputs import ImageTooLarge, open_image
 from ..pictures import input_image, overlay
-from .models import MODES, load_served, relevance_summary
+from .models import MAX_NEW_TOKENS, MODES, load_served, relevance_summary
 
 STATIC = Path(__file__).resolve().parent / "static"
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "answer.js": "text/javascript",
+          "answer.css": "text/css"}
 MAX_UPLOAD = 8 * 1024**2
 
 
@@ -126,21 +130,45 @@ def create_app(model_paths: list[str], max_upload: int = MAX_UPLOAD, tokenizers:
         fields, sample = await _read_request(request, served, max_upload)
         return _explain(served, fields, sample)
 
+    @app.post("/v1/generate", openapi_extra=_generate_docs(served), responses=ERROR_DOCS)
+    async def generate(request: Request):
+        """A language model's greedy answer to a prompt, and what it rests on. JSON: {"model", "prompt",
+        "max_new_tokens" (default 20), "composite" (attn_lrp or cp_lrp)}. The reply: the tokens of the prompt
+        and the answer (text, token, id), prompt_length, answer (its text), stopped ("eos" or
+        "max_new_tokens"), generated (per new token: logit, probability, relevance_sum) and relevance, a
+        [new tokens][all tokens] matrix: row t, every token's relevance for new token t."""
+        fields = await _read_json(request, max_upload)
+        return await run_in_threadpool(_generate, served, fields)   # seconds of work: the server goes on answering
+
     app.state.served = served
     return app
 
 
+def _generate_docs(served) -> dict:
+    """What POST /v1/generate takes, for /docs; the defaults are accepted as they come."""
+    generating = [name for name, model in served.items() if model.generates]
+    fields = {
+        "model": {"type": "string", "enum": generating or list(served), "default": (generating or list(served))[0],
+                  "description": "a served language model; may be left out when one model is served"},
+        "prompt": {"type": "string", "default": "the", "description": "the text the answer continues"},
+        "max_new_tokens": {"type": "integer", "default": 20, "minimum": 1, "maximum": MAX_NEW_TOKENS},
+        "composite": {"type": "string", "enum": ["attn_lrp", "cp_lrp"], "default": "attn_lrp"},
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["prompt"], "properties": fields}}}}}
+
+
 def _http_message(request, exc: HTTPException) -> str:
     if exc.status_code == 404:
-        return (f"no page or endpoint at {request.url.path}: the page is at /, the API at GET /v1/models and "
-                "POST /v1/explain, its docs at /docs")
+        return (f"no page or endpoint at {request.url.path}: the page is at /, the API at GET /v1/models, "
+                "POST /v1/explain and POST /v1/generate, its docs at /docs")
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         return f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
     return str(exc.detail)
 
 
-async def _read_request(request, served, max_upload: int):
+async def _body(request, max_upload: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_upload:
         raise RequestError(413, f"the request is {int(declared)} bytes; uploads are limited to {max_upload}")
@@ -149,16 +177,33 @@ async def _read_request(request, served, max_upload: int):
         body += chunk
         if len(body) > max_upload:
             raise RequestError(413, f"the request is over {max_upload} bytes, the upload limit")
+    return body
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        fields = json.loads(body or b"{}")
+    except ValueError:
+        raise RequestError(400, "the body is not valid JSON") from None
+    if not isinstance(fields, dict):
+        raise RequestError(400, "the JSON body must be an object")
+    return fields
+
+
+async def _read_json(request, max_upload: int) -> dict:
+    body = await _body(request, max_upload)
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise RequestError(415, "send application/json: {\"model\": ..., \"prompt\": ..., \"max_new_tokens\": ...}")
+    return _json_object(body)
+
+
+async def _read_request(request, served, max_upload: int):
+    body = await _body(request, max_upload)
     kind = request.headers.get("content-type", "")
     if kind.startswith("application/json"):
-        try:
-            fields = json.loads(body or b"{}")
-        except ValueError:
-            raise RequestError(400, "the body is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise RequestError(400, "the JSON body must be an object")
+        fields = _json_object(body)
         model = _model(served, fields.get("model"))
-        if model.kind == "text":
+        if model.kind in ("text", "generation"):
             return fields, _text(fields.get("text"))
         return fields, _array(fields.get("array"), model)
     if kind.startswith("multipart/form-data"):
@@ -270,7 +315,7 @@ def _explain(served, fields: dict, sample: np.ndarray) -> dict:
     if not 1 <= top_k <= model.classes:
         raise RequestError(422, f"top_k must be between 1 and {model.classes}")
     explainer = model.explainer(composite, params)
-    if model.kind == "text":
+    if model.kind in ("text", "generation"):
         return _explain_text(model, explainer, sample, target, top_k, mode, composite, params)
     x = sample[None]
     scores = explainer.logits(x)[0]
@@ -298,7 +343,7 @@ def _explain(served, fields: dict, sample: np.ndarray) -> dict:
 def _explain_text(model, explainer, text: str, target, top_k, mode, composite, params) -> dict:
     """A sentence: its tokens with their relevance (a sequence output: the next token after it)."""
     from ..text import encode
-    encoded = encode(model.tokenizer, text, explainer.compiled().inputs)
+    encoded = encode(model.tokenizer, text, explainer.compiled().inputs, explainer.decoder.fillable)
     scores = explainer.logits(encoded.feeds)[0]
     scores = scores[-1] if scores.ndim == 2 else scores        # an LM: the scores at the last position
     result = explainer.explain(encoded.feeds, target=target, mode=mode)
@@ -313,6 +358,30 @@ def _explain_text(model, explainer, text: str, target, top_k, mode, composite, p
                         "token": label(int(c))} for c in order],
             "relevance": relevance_summary(relevance, float(scores[explained]) if mode == "logit" else None),
             "tokens": [{"token": t, "relevance": float(r)} for t, r in zip(encoded.tokens, relevance)]}
+
+
+def _generate(served, fields: dict) -> dict:
+    from ..generation_page import generation_table
+
+    model = _model(served, fields.get("model"))
+    if not model.generates:
+        raise RequestError(422, f"model '{model.name}' is not a language model ([batch, seq, vocab] logits with its "
+                           "tokenizer): it does not generate; POST /v1/explain explains it")
+    prompt = fields.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError(422, "give 'prompt': a non-empty text for the model to continue")
+    if len(prompt) > 10000:
+        raise RequestError(413, "the prompt is over 10000 characters")
+    max_new_tokens = _int(fields, "max_new_tokens", 20)
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise RequestError(422, f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}; got {max_new_tokens}")
+    composite = fields.get("composite") or model.composites()[0]
+    explainer = model.explainer(composite, {})
+    ids = model.tokenizer.encode(prompt).ids
+    if not ids:
+        raise RequestError(422, f"the tokenizer made no tokens of {prompt!r}")
+    generation = explainer.explain_generation(ids, max_new_tokens=max_new_tokens)
+    return generation_table(generation, model.tokenizer, prompt=prompt, model=model.name, composite=composite)
 
 
 def _png_url(image) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 from .. import composites as composites_module
 from ..errors import InputError, OnnxLrpError
 from ..inputs import channels_last
+from ..llm import model_file, tokenizer_beside
 from ..runtime import Explainer
 
 # What the page offers, with the parameters each composite takes (name -> default)
@@ -19,6 +20,7 @@ COMPOSITES = {
     "attn_lrp": {}, "cp_lrp": {},
 }
 MODES = ("logit", "prob", "contrastive", "one")
+MAX_NEW_TOKENS = 100    # the most tokens a request may have a language model generate
 
 
 @dataclass
@@ -30,19 +32,25 @@ class ServedModel:
     classes: int
     transformer: bool            # ViT-style and text models take the attn_lrp / cp_lrp composites
     tokenizer: object = None     # text models: a tokenizers.Tokenizer
+    generates: bool = False      # a language model ([batch, seq, vocab] logits): it answers a prompt
     _explainers: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def kind(self) -> str:
-        return "text" if self.tokenizer is not None else "image"
+        if self.tokenizer is None:
+            return "image"
+        return "generation" if self.generates else "text"
 
     def describe(self) -> dict:
-        layout = None if self.kind == "text" else ("NHWC" if channels_last(self.input_shape) else "NCHW")
-        return {"name": self.name, "kind": self.kind,
-                "input": {"name": self.input_name, "shape": self.input_shape, "layout": layout},
-                "classes": self.classes, "composites": self.composites(), "default_composite": self.composites()[0],
-                "modes": list(MODES)}
+        layout = None if self.tokenizer is not None else ("NHWC" if channels_last(self.input_shape) else "NCHW")
+        described = {"name": self.name, "kind": self.kind,
+                     "input": {"name": self.input_name, "shape": self.input_shape, "layout": layout},
+                     "classes": self.classes, "composites": self.composites(),
+                     "default_composite": self.composites()[0], "modes": list(MODES)}
+        if self.generates:
+            described["max_new_tokens"] = MAX_NEW_TOKENS
+        return described
 
     def composites(self) -> list[str]:
         names = [n for n in COMPOSITES if (n in ("attn_lrp", "cp_lrp")) == self.transformer]
@@ -72,13 +80,14 @@ def load_served(paths: list[str], tokenizers: dict[str, str] | None = None) -> d
     tokenizers = tokenizers or {}
     served = {}
     for text in paths:
-        path = Path(text)
+        path = model_file(text)                  # a folder (onnxruntime-genai's, optimum's): its model.onnx
         explainer = Explainer(str(path))         # checks the file; the default composite reads its shapes
-        name = path.stem
+        name = path.parent.name if path.name == "model.onnx" and path.parent.name else path.stem
         while name in served:
             name += "_"
+        pasts = explainer.decoder.pasts           # a decoder's cache inputs are float but no data
         takes_tokens = not any(v.type.tensor_type.elem_type == 1 for v in explainer.model.graph.input
-                               if v.name not in {t.name for t in explainer.model.graph.initializer})
+                               if v.name not in {t.name for t in explainer.model.graph.initializer} | set(pasts))
         transformer = takes_tokens or _is_transformer(explainer)
         compiled = (explainer.replace(composite="cp_lrp") if transformer else explainer).compiled()
         input_name = next(iter(compiled.relevance_outputs))
@@ -87,9 +96,10 @@ def load_served(paths: list[str], tokenizers: dict[str, str] | None = None) -> d
                           for d in list(value.type.tensor_type.shape.dim)[1:]]
         tokenizer = None
         if takes_tokens:
-            source = tokenizers.get(name) or tokenizers.get("")
+            source = tokenizers.get(name) or tokenizers.get("") or tokenizer_beside(path)
             if not source:
-                raise OnnxLrpError(f"'{path}' takes token ids: give its tokenizer, --tokenizer {name}=tokenizer.json")
+                raise OnnxLrpError(f"'{path}' takes token ids and has no tokenizer.json beside it: give its "
+                                   f"tokenizer, --tokenizer {name}=tokenizer.json")
             from ..text import load_tokenizer
             tokenizer = load_tokenizer(source)
         elif len(shape) != 4:
@@ -98,7 +108,8 @@ def load_served(paths: list[str], tokenizers: dict[str, str] | None = None) -> d
         if not compiled.n_classes:
             raise OnnxLrpError(f"'{path}': its output is not [batch, classes] or [batch, seq, vocab] logits")
         served[name] = ServedModel(name=name, path=path, input_name=input_name, input_shape=shape,
-                                   classes=compiled.n_classes, transformer=transformer, tokenizer=tokenizer)
+                                   classes=compiled.n_classes, transformer=transformer, tokenizer=tokenizer,
+                                   generates=tokenizer is not None and compiled.position_input is not None)
     return served
 
 

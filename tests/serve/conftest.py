@@ -35,7 +35,8 @@ def _create_app():
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
-    """Several models: the two demo models and, where tokenizers installs, a tiny text model with its tokenizer."""
+    """Several models: the two demo models and, where tokenizers installs, a tiny text model with its tokenizer
+    and a tiny language model (a folder, its tokenizer.json beside the model: tiny_lm)."""
     create_app = _create_app()
     paths, tokenizers = [str(DEMO / "digits_cnn.onnx"), str(DEMO / "digits_vit.onnx")], {}
     try:
@@ -43,6 +44,8 @@ def live_server(tmp_path_factory):
         text_model, tokenizer = write_text_model(tmp_path_factory.mktemp("text"))
         paths.append(str(text_model))
         tokenizers["sentiment"] = str(tokenizer)
+        from decoder_model import write_decoder
+        paths.append(str(write_decoder(tmp_path_factory.mktemp("lm") / "tiny_lm").parent))
     except ImportError:
         pass
     yield from _serve(create_app(paths, max_upload=256 * 1024, tokenizers=tokenizers))

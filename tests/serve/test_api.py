@@ -208,3 +208,42 @@ def test_the_docs_are_served_from_here(live_server):
     assert len(sources) >= 2 and all(s.startswith("/") for s in sources), sources
     for source in sources:
         assert urllib.request.urlopen(f"{live_server}{source}").status == 200
+
+
+def test_a_language_model_answers_a_prompt_with_what_each_word_rests_on(live_server, tmp_path):
+    """POST /v1/generate: the answer of Explainer.explain_generation, its matrix and tokens."""
+    pytest.importorskip("tokenizers")
+    listing = {m["name"]: m for m in json.load(urllib.request.urlopen(f"{live_server}/v1/models"))["models"]}
+    assert listing["tiny_lm"]["kind"] == "generation" and listing["tiny_lm"]["composites"] == ["attn_lrp", "cp_lrp"]
+    assert listing["sentiment"]["kind"] == "text" and "max_new_tokens" not in listing["sentiment"]
+    status, reply = _post(live_server, {"model": "tiny_lm", "prompt": "the cat sat on the mat", "max_new_tokens": 5,
+                                        "composite": "cp_lrp"}, path="/v1/generate")
+    assert status == 200, reply
+    P, ids = reply["prompt_length"], reply["ids"]
+    assert P == 6 and len(reply["tokens"]) == len(ids) == P + len(reply["generated"])
+    from decoder_model import write_decoder
+    served = write_decoder(tmp_path / "tiny_lm")          # the served model, written again
+    expected = Explainer(str(served), composite="cp_lrp").explain_generation(ids[:P], max_new_tokens=5)
+    assert ids[P:] == expected.new_ids.tolist() and reply["stopped"] == expected.stopped
+    np.testing.assert_allclose(np.asarray(reply["relevance"]), expected.relevance, rtol=1e-5, atol=1e-6)
+    # the sentence flow still explains the next token of a language model
+    status, reply = _post(live_server, {"model": "tiny_lm", "text": "the cat sat"})
+    assert status == 200 and len(reply["tokens"]) == 3
+
+
+@pytest.mark.parametrize("fields,status,words", [
+    ({"model": "tiny_lm", "prompt": "  "}, 422, "non-empty"),
+    ({"model": "tiny_lm", "prompt": "the cat", "max_new_tokens": 0}, 422, "between 1 and 100"),
+    ({"model": "tiny_lm", "prompt": "the cat", "max_new_tokens": "many"}, 422, "integer"),
+    ({"model": "tiny_lm", "prompt": "the cat", "composite": "epsilon_plus"}, 422, "not offered"),
+    ({"model": "digits_cnn", "prompt": "the cat"}, 422, "not a language model"),
+    ({"model": "nothing", "prompt": "the cat"}, 404, "no model"),
+    ({"prompt": "the cat"}, 422, "no field 'model'"),
+])
+def test_bad_generate_requests_get_a_json_error(live_server, fields, status, words):
+    pytest.importorskip("tokenizers")
+    got, reply = _post(live_server, fields, path="/v1/generate")
+    assert got == status and set(reply) == {"error"} and words in reply["error"], reply
+    got, reply = _post(live_server, {}, body=b"prompt=x", kind="application/x-www-form-urlencoded",
+                       path="/v1/generate")
+    assert got == 415 and "application/json" in reply["error"]

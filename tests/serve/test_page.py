@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +20,19 @@ from PIL import Image
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from browser import CHROMIUM, DRIVER, chromium, requests_made  # noqa: E402
+
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium and chromium-driver are not installed")]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1500,1300",
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):   # offline but for this machine
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})      # every request the pages make
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    driver = chromium()
     yield driver
     driver.quit()
 
@@ -52,11 +44,7 @@ def _open(browser, address: str):
 
 def _requests_elsewhere(browser, server: str) -> list[str]:
     """The addresses the browser asked for since the last look that are not the server's nor inline data."""
-    urls = []
-    for entry in browser.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
+    urls = requests_made(browser)
     assert urls, "the browser's log shows no request at all"
     return [u for u in urls if not (u.startswith(server + "/") or u.split(":", 1)[0] in ("data", "blob"))]
 
@@ -160,6 +148,66 @@ def test_a_text_model_takes_a_sentence(browser, live_server):
     assert not _requests_elsewhere(browser, live_server)
 
 
+def _colours(spans) -> list[str]:
+    return [span.value_of_css_property("background-color") for span in spans]
+
+
+def test_a_language_model_answers_and_each_word_shows_what_it_rests_on(browser, live_server):
+    """Pick the language model, type a prompt, generate: the answer is the API's; clicking a word colours the
+    words before it by the API's matrix row (red for, blue against), the later ones not; keys move along."""
+    pytest.importorskip("tokenizers")
+    wait = WebDriverWait(browser, 60)
+    _open(browser, live_server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == "digits_cnn")
+    browser.find_element(By.ID, "model").send_keys("tiny_lm")
+    wait.until(lambda d: d.find_element(By.ID, "prompt").is_displayed())
+    for hidden in ("drop", "text-input", "explain", "compare", "mode-label"):
+        assert not browser.find_element(By.ID, hidden).is_displayed(), hidden
+    browser.find_element(By.ID, "prompt").send_keys("the cat sat on the mat")
+    count = browser.find_element(By.ID, "max-new-tokens")
+    count.clear()
+    count.send_keys("6")
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#answer-tokens .gen"))
+    wait.until(lambda d: not d.find_element(By.ID, "progress").is_displayed())
+    status, reply = _generate(live_server, {"model": "tiny_lm", "prompt": "the cat sat on the mat",
+                                            "max_new_tokens": 6})
+    words = browser.find_elements(By.CSS_SELECTOR, "#answer-tokens .gen")
+    prompt = browser.find_elements(By.CSS_SELECTOR, "#answer-prompt .tok")
+    P = reply["prompt_length"]
+    assert [w.text.strip() for w in prompt] == ["the", "cat", "sat", "on", "the", "mat"] and len(prompt) == P
+    assert [w.text.strip() for w in words] == [t["text"].strip() for t in reply["tokens"][P:]]
+    t = min(2, len(words) - 1)
+    words[t].click()
+    wait.until(lambda d: words[t].get_attribute("aria-pressed") == "true")
+    row = reply["relevance"][t]
+    every = prompt + words
+    for k, colour in enumerate(_colours(every)):
+        if k < P + t and abs(row[k]) > 0.05 * max(map(abs, row)):
+            red, _, blue = (int(v) for v in colour[colour.index("(") + 1:].split(",")[:3])
+            assert (red > blue) == (row[k] > 0), (k, colour, row[k])
+        elif k >= P + t:
+            assert colour == "rgba(0, 0, 0, 0)", (k, colour)     # itself and the later words: not coloured
+    top = max(range(P + t), key=lambda k: row[k])
+    assert reply["tokens"][top]["text"].strip() in browser.find_element(By.ID, "answer-detail").text
+    words[t].send_keys(Keys.ARROW_LEFT)                          # the keyboard moves along the answer
+    wait.until(lambda d: words[t - 1].get_attribute("aria-pressed") == "true")
+    assert browser.switch_to.active_element == words[t - 1]
+    assert not browser.find_element(By.ID, "error").text
+    assert not _requests_elsewhere(browser, live_server)
+    browser.find_element(By.ID, "prompt").clear()
+    browser.find_element(By.ID, "prompt").send_keys(" ")
+    assert not browser.find_element(By.ID, "generate").is_enabled()     # nothing to continue
+
+
+def _generate(server: str, body: dict):
+    import urllib.request
+    request = urllib.request.Request(f"{server}/v1/generate", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, json.load(response)
+
+
 def test_one_model_served(browser, one_model_server):
     """With one model the page needs no choice: pick a digit, see it explained, compare."""
     wait = WebDriverWait(browser, 60)
@@ -189,7 +237,7 @@ def test_the_api_docs_render_offline(browser, live_server):
         pass                                # the requests below say why
     assert not _requests_elsewhere(browser, live_server)
     paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
-    assert paths == {"/v1/models", "/v1/explain"}
+    assert paths == {"/v1/models", "/v1/explain", "/v1/generate"}
     browser.find_element(By.CSS_SELECTOR, ".opblock-post .opblock-summary").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-post .try-out__btn"))
     browser.find_element(By.CSS_SELECTOR, ".opblock-post .try-out__btn").click()

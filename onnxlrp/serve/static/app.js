@@ -31,18 +31,31 @@ function clearComparison() {
   $("grid").innerHTML = "";
 }
 
-const isText = () => models[$("model").value].kind === "text";
-const ready = () => (isText() ? $("sentence").value.trim() !== "" : file !== null);
+function clearAnswer() {
+  $("answer-result").hidden = true;
+  for (const id of ["answer-prompt", "answer-tokens", "answer-detail", "answer-meta"]) $(id).textContent = "";
+}
 
-function busy(on) {
+const kind = () => models[$("model").value].kind;
+const isText = () => kind() === "text";
+const ready = () => ({ text: () => $("sentence").value.trim() !== "", generation: () => $("prompt").value.trim() !== "",
+                       image: () => file !== null })[kind()]();
+
+function busy(on, what) {
   $("progress").hidden = !on;
-  for (const id of ["explain", "compare"]) $(id).disabled = on || !ready();
+  $("progress-text").textContent = what || "explaining…";
+  for (const id of ["explain", "compare", "generate"]) $(id).disabled = on || !ready();
 }
 
 function showComposites() {
   const model = models[$("model").value];
-  $("drop").hidden = model.kind === "text";
+  const generation = model.kind === "generation";
+  $("drop").hidden = model.kind !== "image";
   $("text-input").hidden = model.kind !== "text";
+  $("prompt-input").hidden = !generation;
+  for (const id of ["explain", "compare", "mode-label"]) $(id).hidden = generation;
+  $("generate").hidden = !generation;
+  if (generation) $("max-new-tokens").max = model.max_new_tokens;
   busy(false);
   $("composite").innerHTML = "";
   for (const name of model.composites) $("composite").add(new Option(name.replaceAll("_", " "), name));
@@ -190,6 +203,26 @@ function figure(name, reply) {
   return box;
 }
 
+// A language model: its greedy answer to the prompt, every word of it clickable (answer.js)
+async function generate() {
+  if (!ready()) return;
+  busy(true, "generating and explaining…"); $("error").textContent = "";
+  try {
+    const body = { model: $("model").value, prompt: $("prompt").value, composite: $("composite").value,
+                   max_new_tokens: Number($("max-new-tokens").value) };
+    const reply = await api("/v1/generate", { method: "POST", headers: { "Content-Type": "application/json" },
+                                              body: JSON.stringify(body) });
+    clearResult(); clearComparison();
+    $("answer-result").hidden = false;
+    renderAnswer(reply, $("answer-prompt"), $("answer-tokens"), $("answer-detail"));
+    $("answer-meta").textContent = `${reply.generated.length} new tokens with ${reply.composite.replaceAll("_", " ")}; ` +
+      (reply.stopped === "eos" ? "the model ended its answer" : "stopped at the limit of new tokens") + ".";
+  } catch (error) {
+    clearAnswer();
+    $("error").textContent = error.message;
+  } finally { busy(false); }
+}
+
 function choose(chosen) {
   if (!chosen) return;
   file = chosen; target = null;
@@ -202,13 +235,20 @@ async function start() {
   const listing = await api("/v1/models");
   for (const model of listing.models) {
     models[model.name] = model;
-    $("model").add(new Option(`${model.name} (${model.classes} classes)`, model.name));
+    const what = model.kind === "generation" ? "language model" : `${model.classes} classes`;
+    $("model").add(new Option(`${model.name} (${what})`, model.name));
   }
   showComposites();
-  $("model").onchange = () => { showComposites(); target = null; clearResult(); clearComparison(); explain(); };
-  $("composite").onchange = () => { showParams(); explain(); };
+  $("model").onchange = () => {
+    showComposites(); target = null; clearResult(); clearComparison(); clearAnswer();
+    if (kind() !== "generation") explain();
+  };
+  $("composite").onchange = () => { showParams(); if (kind() !== "generation") explain(); };
   $("mode").onchange = explain;
   $("sentence").oninput = () => { target = null; busy(false); };
+  $("prompt").oninput = () => busy(false);
+  $("prompt").onkeydown = (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); };
+  $("generate").onclick = generate;
   $("file").onchange = (e) => choose(e.target.files[0]);
   $("thumb").onerror = () => { $("thumb").hidden = true; };   // not a picture the browser can show either
   $("explain").onclick = explain;
