@@ -1,7 +1,6 @@
 """Fan-out factoring: Sum(x*a, b*x, y*c) -> Sum(y*c, x*(a+b)), the same numbers with fewer Muls."""
 import numpy as np
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper
 
 from onnxlrp import compiler

@@ -12,7 +12,7 @@ ONNXLRP_OPTIMUM_PYTHON, default /work/venvs/optimum/bin/python) as subprocesses.
 by transformers 4.52.4 and read as it is by the others (check_folder_across_versions compares logits).
 
 Weights are drawn larger than HuggingFace's 0.02 init, norm scales and biases random too, so that the
-relevance of the next token spreads over many positions (DESIGN.md). Prints one JSON line per step with
+relevance of the next token spreads over many positions (the note on tiny transformers in tests/transformers/tiny_transformers.py). Prints one JSON line per step with
 its time and size; every output lands in OUT/<arch>-s<seed>/ (default: fixtures_dir()).
 """
 from __future__ import annotations

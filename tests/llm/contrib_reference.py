@@ -1,6 +1,6 @@
 """numpy re-statements of the fused ops that served LLM graphs carry (onnxruntime's com.microsoft contrib ops,
 the ONNX opset-23 ops, and the quantisation ops), written from their specifications (onnxruntime's
-docs/ContribOperators.md, the ONNX operator docs) and checked against onnxruntime in test_contrib_semantics.py.
+ContribOperators page in its docs folder, the ONNX operator docs) and checked against onnxruntime in test_contrib_semantics.py.
 They are the oracles for de-fusing these ops into plain ONNX; tools/llm_graphs.md states the same formulas.
 
 Shapes: B batch, S new tokens, P past tokens, T = P + S, N query heads, Nkv key/value heads, H head size.
