@@ -13,7 +13,8 @@ import numpy as np
 
 from . import checks
 from .files import save_atomic
-from .pictures import grid, heatmap_tile, overlay, save_image
+from .heatmap import heatmap_image
+from .pictures import grid, overlay, save_image
 from .runtime import Explainer
 
 COMPARED_COMPOSITES = ("epsilon", "zplus", "epsilon_alpha2_beta1_flat")   # beside the user's own
@@ -104,7 +105,7 @@ def randomisation_section(ev: Evaluation) -> str:
             "mean (min..max) over inputs.\n\n" + result.table() + "\n")
     text += _figure(result.plot(ev.out / "randomisation.png"), "similarity per randomised layer", "randomisation.png")
     if ev.x.ndim > 2:
-        tiles = [[heatmap_tile(maps[i], None) for maps in result.heatmaps] for i in range(min(len(ev.x), MAX_PICTURED))]
+        tiles = [[heatmap_image(maps[i], None) for maps in result.heatmaps] for i in range(min(len(ev.x), MAX_PICTURED))]
         labels = [row.layers[-1] if row.layers else "original" for row in result.rows]
         save_image(grid(tiles, [label[-18:] for label in labels]), ev.out / "randomisation_heatmaps.png")
         text += "\n![heatmaps as layers are randomised](randomisation_heatmaps.png)\n"

@@ -39,13 +39,15 @@ def colorize(heat: np.ndarray, scale: float | None = None) -> np.ndarray:
 
 
 def heatmap_image(relevance: np.ndarray, channel_axis: int | None = 0) -> Image.Image:
-    rgb = colorize(relevance_map(relevance, channel_axis))
-    image = Image.fromarray(rgb, mode="RGB")
-    h, w = rgb.shape[:2]
-    factor = max(1, int(np.ceil(MIN_SIDE / max(h, w))))
-    if factor > 1:
-        image = image.resize((w * factor, h * factor), Image.NEAREST)
-    return image
+    return enlarged(Image.fromarray(colorize(relevance_map(relevance, channel_axis)), mode="RGB"))
+
+
+def enlarged(image: Image.Image) -> Image.Image:
+    """A small picture scaled up by a whole factor (nearest neighbour) to at least MIN_SIDE on its longer
+    side: every heatmap, overlay and tile of one input has the same size."""
+    w, h = image.size
+    factor = max(1, int(np.ceil(MIN_SIDE / max(w, h))))
+    return image.resize((w * factor, h * factor), Image.NEAREST) if factor > 1 else image
 
 
 def save_heatmap(relevance: np.ndarray, path, channel_axis: int | None = 0) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .files import save_atomic
-from .heatmap import MIN_SIDE, PNG_COMPRESSION, colorize, relevance_map
+from .heatmap import PNG_COMPRESSION, colorize, enlarged, relevance_map
 
 LABEL_HEIGHT = 16
 
@@ -31,17 +31,7 @@ def overlay(relevance: np.ndarray, sample: np.ndarray, channel_axis: int | None 
     weight = (np.abs(heat) / limit if limit > 0 else np.zeros_like(heat))[..., None] * strength
     grey = np.repeat(input_image(sample, channel_axis)[..., None], 3, axis=-1) * 0.8 + 0.1
     rgb = (1 - weight) * grey * 255 + weight * colorize(heat)
-    return _enlarged(Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB"))
-
-
-def heatmap_tile(relevance: np.ndarray, channel_axis: int | None = 0) -> Image.Image:
-    return _enlarged(Image.fromarray(colorize(relevance_map(relevance, channel_axis)), mode="RGB"))
-
-
-def _enlarged(image: Image.Image, side: int = MIN_SIDE // 2) -> Image.Image:
-    w, h = image.size
-    factor = max(1, int(np.ceil(side / max(w, h))))
-    return image.resize((w * factor, h * factor), Image.NEAREST) if factor > 1 else image
+    return enlarged(Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB"))
 
 
 def grid(tiles: list[list[Image.Image]], column_labels: list[str] | None = None,

@@ -91,7 +91,10 @@ def _mobilevit():
 
 def _yolov8():
     import torch
+    from PIL import Image
+    image_open = Image.open
     from ultralytics.nn.tasks import DetectionModel
+    Image.open = image_open   # ultralytics patches PIL's open to pip-install a HEIF plugin on unreadable files
 
     class Predictions(torch.nn.Module):
         """The decoded predictions [N, 4 + classes, boxes] alone (eval mode adds the raw feature maps)."""
@@ -126,13 +129,16 @@ BUILDERS = {
 
 def import_package(package: str):
     """Import timm or ultralytics; ultralytics' import-time settings (numpy and torch print options,
-    OMP_NUM_THREADS=1 for child processes, warning filters) are undone so that other tests see none."""
+    OMP_NUM_THREADS=1 for child processes, warning filters, its patch of PIL's Image.open) are undone so that
+    other tests see none."""
     import torch
+    from PIL import Image
     use_torchvision_stand_in()
     if package in sys.modules:
         return sys.modules[package]
     environment = dict(os.environ)
     numpy_options = np.get_printoptions()
+    image_open = Image.open
     stand_in = STAND_IN in map(Path, sys.path)
     if stand_in:
         sys.path.append(str(STAND_IN_VERSION))
@@ -143,6 +149,7 @@ def import_package(package: str):
         if stand_in:
             sys.path.remove(str(STAND_IN_VERSION))
         np.set_printoptions(**numpy_options)
+        Image.open = image_open
         torch.set_printoptions(profile="default")
         for name in set(os.environ) - set(environment):
             del os.environ[name]

@@ -122,3 +122,16 @@ def test_tool_tabulates_cases_with_conservation(built, capsys, tmp_path):
     assert [row.split(" | ")[2] for row in rows] == [*M.COMPOSITES, modern_corpus.LRP0]
     gradient = rows[-1].split(" | ")
     assert gradient[3].startswith("pass (relative L2") and len(gradient[4].split(", ")) == 2
+
+
+def test_building_the_models_leaves_pil_as_it_was(built):
+    """ultralytics replaces PIL.Image.open on import (a retry that pip-installs a HEIF plugin); the corpus
+    undoes it, so that onnxlrp's own image reading in later tests is the real one."""
+    from PIL import Image
+    image_open = Image.open
+    for name in NAMES:
+        try:
+            built(name)
+        except pytest.skip.Exception:
+            continue
+    assert Image.open is image_open
