@@ -309,14 +309,17 @@ class AttnLRP(Composite):
     """AttnLRP (Achtibat et al., ICML 2024), in LXT's modified-gradient form (docs/rules.md): the kinds' default
     rules, with the uniform rule on gates too (gate * up: each operand half). `linear` is the rule of the dense
     layers (default Epsilon: their plain gradient, as in LXT's efficient mode), `conv` that of convolutions (a
-    ViT's patch embedding, a CNN's layers; default: `linear`); Gamma(gamma) on both gives LXT's ViT recipe. A
-    LayerMap over it changes any kind by name (("softmax", rules.Constant()) is CP-LRP's)."""
+    ViT's patch embedding, a CNN's layers; default: `linear`); Gamma(gamma) on both gives LXT's ViT recipe,
+    and `gamma` > 0 is short for it (linear=Gamma(gamma)). A LayerMap over it changes any kind by name
+    (("softmax", rules.Constant()) is CP-LRP's)."""
 
     form = "gradient"
     block_rules = {**BLOCK_RULES, "gate": R.UniformShare()}
 
-    def __init__(self, linear: Rule | None = None, conv: Rule | None = None):
-        self.linear = linear if linear is not None else R.Epsilon()
+    def __init__(self, linear: Rule | None = None, conv: Rule | None = None, gamma: float = 0.0):
+        if gamma and linear is not None:
+            raise ValueError("give either linear= or gamma=, not both")
+        self.linear = linear if linear is not None else R.Gamma(gamma=gamma) if gamma else R.Epsilon()
         self.conv = conv
 
     def layer_rule(self, layer):

@@ -305,6 +305,8 @@ def _explain(served, fields: dict, sample: np.ndarray) -> dict:
         params = {k: float(v) for k, v in params.items()}
     except (TypeError, ValueError):
         raise RequestError(422, "params must be numbers") from None
+    if composite in model.composites():
+        params = {**model.params(composite), **params}   # the reply says every parameter used
     mode = fields.get("mode") or "logit"
     if mode not in MODES:
         raise RequestError(422, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

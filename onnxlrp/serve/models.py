@@ -17,8 +17,11 @@ from ..runtime import Explainer
 COMPOSITES = {
     "epsilon_plus_flat": {}, "epsilon_plus": {}, "epsilon_gamma_box": {"low": 0.0, "high": 1.0, "gamma": 0.25},
     "epsilon_alpha2_beta1_flat": {}, "excitation_backprop": {}, "epsilon": {"epsilon": 1e-6}, "lrp0": {},
-    "attn_lrp": {}, "cp_lrp": {},
+    "attn_lrp": {"gamma": 0.0}, "cp_lrp": {"gamma": 0.0},
 }
+# Image transformers (ViTs) are explained with Gamma on their linear layers, LXT's ViT recipe: on the demo ViT
+# it halves the negative relevance (tools/demo_heatmaps.py); text models keep LXT's plain gradient
+IMAGE_TRANSFORMER_PARAMS = {"attn_lrp": {"gamma": 0.25}, "cp_lrp": {"gamma": 0.25}}
 MODES = ("logit", "prob", "contrastive", "one")
 MAX_NEW_TOKENS = 100    # the most tokens a request may have a language model generate
 
@@ -47,7 +50,8 @@ class ServedModel:
         described = {"name": self.name, "kind": self.kind,
                      "input": {"name": self.input_name, "shape": self.input_shape, "layout": layout},
                      "classes": self.classes, "composites": self.composites(),
-                     "default_composite": self.composites()[0], "modes": list(MODES)}
+                     "default_composite": self.composites()[0], "modes": list(MODES),
+                     "params": {name: self.params(name) for name in self.composites()}}
         if self.generates:
             described["max_new_tokens"] = MAX_NEW_TOKENS
         return described
@@ -56,11 +60,18 @@ class ServedModel:
         names = [n for n in COMPOSITES if (n in ("attn_lrp", "cp_lrp")) == self.transformer]
         return names
 
+    def params(self, composite: str) -> dict:
+        """The parameters `composite` takes for this model, with their defaults."""
+        defaults = dict(COMPOSITES[composite])
+        if self.transformer and self.kind == "image":
+            defaults.update(IMAGE_TRANSFORMER_PARAMS.get(composite, {}))
+        return defaults
+
     def explainer(self, composite: str, params: dict) -> Explainer:
         if composite not in self.composites():
             raise InputError(f"composite '{composite}' is not offered for model '{self.name}'; choose one of "
                              f"{', '.join(self.composites())}")
-        allowed = COMPOSITES[composite]
+        allowed = self.params(composite)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise InputError(f"composite '{composite}' takes no parameter {', '.join(unknown)}"

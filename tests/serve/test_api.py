@@ -18,6 +18,7 @@ from PIL import Image
 from pathlib import Path
 
 from onnxlrp import Explainer
+from onnxlrp.composites import AttnLRP
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 
@@ -65,6 +66,9 @@ def test_models_are_listed(live_server):
     assert {"digits_cnn", "digits_vit"} <= set(names)
     assert names["digits_cnn"]["classes"] == 10 and "epsilon_gamma_box" in names["digits_cnn"]["composites"]
     assert names["digits_vit"]["composites"] == ["attn_lrp", "cp_lrp"]
+    # the ViT is explained with Gamma on its linear layers unless the request says otherwise (README)
+    assert names["digits_vit"]["params"]["attn_lrp"] == {"gamma": 0.25}
+    assert names["digits_cnn"]["params"]["epsilon_gamma_box"] == {"low": 0.0, "high": 1.0, "gamma": 0.25}
     assert "/v1/explain" in json.load(urllib.request.urlopen(f"{live_server}/openapi.json"))["paths"]
 
 
@@ -87,6 +91,11 @@ def test_a_base64_array_and_composite_parameters(live_server):
     assert status == 200 and reply["target"] == 9 and reply["params"] == {"low": 0.0, "high": 1.0, "gamma": 0.5}
     status, reply = _post(live_server, {"model": "digits_vit", "array": array, "composite": "cp_lrp"})
     assert status == 200 and reply["composite"] == "cp_lrp"
+    status, reply = _post(live_server, {"model": "digits_vit", "array": array, "raw": True})
+    assert status == 200 and reply["composite"] == "attn_lrp" and reply["params"] == {"gamma": 0.25}
+    expected = Explainer(str(DEMO / "digits_vit.onnx"), composite=AttnLRP(gamma=0.25)).explain(x[None]).relevance[0]
+    relevance = np.load(io.BytesIO(base64.b64decode(reply["relevance_npy"])))
+    np.testing.assert_allclose(relevance, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("fields,files,body,status,words", [

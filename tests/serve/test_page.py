@@ -115,6 +115,9 @@ def test_the_vit_and_a_bad_upload(browser, live_server, tmp_path):
     wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == "digits_cnn")
     browser.find_element(By.ID, "model").send_keys("digits_vit")
     wait.until(lambda d: d.find_element(By.ID, "composite").get_attribute("value") == "attn_lrp")
+    # the README's composite for the ViT: AttnLRP with Gamma 0.25 on the linear layers
+    gamma = browser.find_element(By.CSS_SELECTOR, "#params input[data-param=gamma]")
+    assert gamma.get_attribute("value") == "0.25"
     browser.find_element(By.ID, "file").send_keys(str(DEMO / "digits" / "test_0.png"))
     wait.until(lambda d: d.find_element(By.ID, "explained").text.startswith("class "))
     wait.until(lambda d: not d.find_element(By.ID, "progress").is_displayed())

@@ -64,8 +64,7 @@ function showComposites() {
 }
 
 function showParams() {
-  const defaults = { epsilon_gamma_box: { gamma: 0.25, low: 0, high: 1 }, epsilon: { epsilon: 1e-6 } };
-  const wanted = defaults[$("composite").value] || {};
+  const wanted = models[$("model").value].params[$("composite").value] || {};
   $("params").innerHTML = "";
   for (const [key, value] of Object.entries(wanted)) {
     const label = document.createElement("label");
