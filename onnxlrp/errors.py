@@ -23,6 +23,18 @@ def mixes_inputs(op_type: str) -> bool:
 MIXING_OPS = frozenset({"MoE", "QMoE", "SparseMoE", "BeamSearch", "GreedySearch", "Sampling", "WhisperBeamSearch",
                         "GatedRelativePositionBias"})
 
+# Ops that compute on quantized (integer) activations: relevance does not flow through integer tensors
+QUANTIZED_ACTIVATION_OPS = frozenset({
+    "QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QGemm", "QAttention",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QLinearAdd", "QLinearMul",
+    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QLinearReduceMean", "QLinearWhere", "QEmbedLayerNormalization"})
+QUANTIZED_REMEDY = (
+    "it computes on quantized activations; onnxlrp explains weight-only quantized models (MatMulNBits, "
+    "DequantizeLinear of weights) exactly and QDQ models (QuantizeLinear / DequantizeLinear pairs around float "
+    "ops) through the pairs: quantize with onnxruntime.quantization's MatMulNBitsQuantizer, or quantize_static(..., "
+    "quant_format=QuantFormat.QDQ), or explain the float model")
+
 
 class UnsupportedOpError(UnsupportedModelError):
     """A node whose op has no relevance handler."""
@@ -30,7 +42,9 @@ class UnsupportedOpError(UnsupportedModelError):
     def __init__(self, op_type: str, node_name: str, detail: str = ""):
         self.op_type = op_type
         self.node_name = node_name
-        if mixes_inputs(op_type):
+        if op_type in QUANTIZED_ACTIVATION_OPS:
+            remedy = QUANTIZED_REMEDY
+        elif mixes_inputs(op_type):
             remedy = ("it mixes several computed inputs, so declaring it pass or linear would be wrong: explain the "
                       "model exported without this fused op (torch.onnx, optimum, or before onnxruntime's "
                       "transformer optimizer)")

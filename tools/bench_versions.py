@@ -7,7 +7,7 @@ median of each figure over the rounds compared (new / old).
 
 The command runs in each tree's root (its tools/ import that tree's onnxlrp); the older tree is a git
 worktree made for the run and removed after it. Zennit is hidden from both sides (a stand-in package that
-fails to import) unless --with-zennit: the comparison is between onnxlrp versions, and Zennit's own timings
+fails to import) unless --with-zennit, and so is any package named by --hide: the comparison is between onnxlrp versions, and Zennit's own timings
 would only lengthen the run. The rounds alternate which side goes first.
 """
 from __future__ import annotations
@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--old", required=True, help="the older commit (any git revision)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--with-zennit", action="store_true")
+    parser.add_argument("--hide", nargs="*", default=[], help="more packages to hide from both sides (lxt: "
+                        "bench_transformers.py then times onnxlrp and onnxruntime only)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the benchmark command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -64,11 +66,13 @@ def main(argv=None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.old], check=True,
                        capture_output=True)
         env = dict(os.environ)
-        if not args.with_zennit:
-            hidden = Path(scratch) / "no_zennit" / "zennit"
-            hidden.mkdir(parents=True)
-            (hidden / "__init__.py").write_text("raise ImportError('hidden by bench_versions')\n")
-            env["PYTHONPATH"] = str(hidden.parent) + os.pathsep + env.get("PYTHONPATH", "")
+        hidden = ([] if args.with_zennit else ["zennit"]) + args.hide
+        for package in hidden:
+            stand_in = Path(scratch) / "hidden" / package
+            stand_in.mkdir(parents=True)
+            (stand_in / "__init__.py").write_text("raise ImportError('hidden by bench_versions')\n")
+        if hidden:
+            env["PYTHONPATH"] = str(Path(scratch) / "hidden") + os.pathsep + env.get("PYTHONPATH", "")
         try:
             collected = {"old": [], "new": []}
             for round_ in range(args.rounds):

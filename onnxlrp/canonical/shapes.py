@@ -36,13 +36,20 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose large initialisers are typed graph inputs: the same shapes to infer, none of
     the bytes to copy (small ones stay, shape inference reads their values)."""
     graph = onnx.GraphProto(name=model.graph.name)
-    graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
     # an exporter's types for what inference cannot derive (outputs of ops of other domains); the others it
     # derives itself, and an exporter's stale entry (onnxruntime-genai writes some) would contradict it
     foreign = {o for node in model.graph.node if node.domain not in ("", "ai.onnx") for o in node.output}
+    typed = {v.name for v in model.graph.value_info if v.name in foreign}
     graph.value_info.extend(v for v in model.graph.value_info if v.name in foreign)
+    types = {t.name: (t.data_type, tuple(t.dims)) for t in model.graph.initializer}
+    for node in model.graph.node:
+        stand_in = STAND_INS.get((node.domain, node.op_type))
+        if stand_in is not None and not typed.issuperset(o for o in node.output if o):
+            graph.node.extend(stand_in(node, graph, types))
+        else:
+            graph.node.append(node)
     graph.sparse_initializer.extend(model.graph.sparse_initializer)
     listed = {value.name for value in model.graph.input}
     for tensor in model.graph.initializer:
@@ -54,3 +61,31 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
     return skeleton
+
+
+def _matmul_nbits(node: onnx.NodeProto, graph: onnx.GraphProto, types: dict) -> list[onnx.NodeProto]:
+    """MatMulNBits(A, packed B, ...): A [..., K] times a [K, N] weight."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    weight = f"{node.name or node.output[0]}/shape_only_weight"
+    graph.input.append(onnx.helper.make_tensor_value_info(weight, onnx.TensorProto.FLOAT, [attrs["K"], attrs["N"]]))
+    return [onnx.helper.make_node("MatMul", [node.input[0], weight], [node.output[0]])]
+
+
+def _gather_block_quantized(node: onnx.NodeProto, graph: onnx.GraphProto, types: dict) -> list[onnx.NodeProto]:
+    """GatherBlockQuantized(table, indices, scales, ...): rows of the dequantized table (of the scales' type),
+    whose quantized axis holds 8 / bits values a byte where the table is uint8."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    table_type, dims = types[node.input[0]]
+    dims = list(dims)
+    axis = attrs.get("quantize_axis", 1) % len(dims)
+    if table_type == onnx.TensorProto.UINT8:
+        dims[axis] = dims[axis] * 8 // attrs.get("bits", 4)
+    rows = f"{node.name or node.output[0]}/shape_only_table"
+    graph.input.append(onnx.helper.make_tensor_value_info(rows, types[node.input[2]][0], dims))
+    return [onnx.helper.make_node("Gather", [rows, node.input[1]], [node.output[0]], axis=attrs.get("gather_axis", 0))]
+
+
+# Ops of other domains that onnx's shape inference does not know, as default-domain ops of the same output
+# type and shape, used where the model does not say its output types
+STAND_INS = {("com.microsoft", "MatMulNBits"): _matmul_nbits,
+             ("com.microsoft", "GatherBlockQuantized"): _gather_block_quantized}

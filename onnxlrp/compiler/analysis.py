@@ -112,6 +112,7 @@ def analyse(fwd: ForwardGraph, sources: dict[str, list[str]], logits: str, compo
                 analysis.held |= set(held)
     if holding:
         _trace(analysis)
+    _check_reached(analysis)
     _assign_rules(analysis, composite, holding)
     return analysis
 
@@ -275,11 +276,30 @@ def normalisers(fwd: ForwardGraph) -> set[str]:
 
 
 def _live(fwd: ForwardGraph, sources: list[str], held: set[str]) -> set[str]:
+    """Tensors computed from the sources that relevance can flow through: float ones, and the integer output
+    of a QuantizeLinear (the same values rounded; its DequantizeLinear turns them back, ops/quantized.py)."""
     live = set(sources)
     for node in fwd.nodes:
         if any(i in live for i in node.input if i):
-            live.update(o for o in node.output if o and o not in held and fwd.elem_type(o) in FLOAT_TYPES + (None,))
+            live.update(o for o in node.output if o and o not in held and (
+                fwd.elem_type(o) in FLOAT_TYPES + (None,) or node.op_type == "QuantizeLinear"))
     return live
+
+
+def _check_reached(analysis: Analysis) -> None:
+    """Relevance that reaches none of the explained inputs would be a heatmap of zeros: say instead which node
+    stops it (an op whose output is an integer tensor, such as a quantized layer)."""
+    sources = set(analysis.all_sources)
+    if analysis.logits in sources or any(i in sources for node in analysis.path for i in node.input):
+        return
+    fwd = analysis.fwd
+    ancestors = fwd.ancestors(analysis.logits) | {analysis.logits}
+    for node in fwd.nodes:
+        outputs = [o for o in node.output if o in ancestors]
+        if outputs and any(analysis.carries(i) for i in node.input) and not any(analysis.carries(o) for o in outputs):
+            kind = TensorProto.DataType.Name(fwd.elem_type(outputs[0]) or TensorProto.UNDEFINED).lower()
+            raise UnsupportedOpError(node.op_type, node.name, f"its output '{outputs[0]}' is a {kind} tensor computed "
+                                     "from the explained input, which relevance cannot flow through")
 
 
 def _elementwise_ancestry(fwd: ForwardGraph, live: set[str]) -> dict[str, set[str]]:
@@ -328,8 +348,15 @@ def explained_sources(fwd: ForwardGraph, inputs) -> dict[str, list[str]]:
 
 
 def _embedding_gathers(fwd: ForwardGraph, name: str) -> list[str]:
-    return [node.output[0] for node in fwd.nodes if node.op_type == "Gather" and len(node.input) == 2
+    """Rows of a constant embedding table read with the ids in `name` (a 4-/8-bit table: onnxruntime's
+    GatherBlockQuantized, whose output is the dequantized rows)."""
+    return [node.output[0] for node in fwd.nodes if _is_embedding(node)
             and _reads(fwd, node.input[1], name) and fwd.const(node.input[0]) is not None]
+
+
+def _is_embedding(node) -> bool:
+    return ((node.op_type == "Gather" and node.domain in ("", "ai.onnx") and len(node.input) == 2)
+            or (node.op_type == "GatherBlockQuantized" and node.domain == "com.microsoft"))
 
 
 def _reads(fwd: ForwardGraph, tensor: str, name: str) -> bool:

@@ -42,14 +42,21 @@ class Family:
 FAMILIES: dict[str, Family] = {}
 
 
-def family(name: str, *op_types: str, kind: str | Callable | None = None, routes: bool = False) -> Family:
-    """Declare an op family; attach its functions with `@f.vjp_handler` and `@f.relevance_handler`."""
+def family(name: str, *op_types: str, kind: str | Callable | None = None, routes: bool = False,
+           domain: str = "") -> Family:
+    """Declare an op family (of ONNX's default domain unless `domain`, e.g. com.microsoft); attach its
+    functions with `@vjp(f)` and `@relevance(f)`."""
     declared = Family(name, op_types, kind=kind, routes=routes)
     for op in op_types:
-        if op in FAMILIES:
-            raise RuntimeError(f"op {op} is already declared in family '{FAMILIES[op].name}'")
-        FAMILIES[op] = declared
+        key = _key(op, domain)
+        if key in FAMILIES:
+            raise RuntimeError(f"op {key} is already declared in family '{FAMILIES[key].name}'")
+        FAMILIES[key] = declared
     return declared
+
+
+def _key(op_type: str, domain: str) -> str:
+    return op_type if domain in ("", "ai.onnx") else f"{domain}.{op_type}"
 
 
 def vjp(declared: Family):
@@ -71,6 +78,4 @@ def relevance(declared: Family):
 
 
 def family_of(op_type: str, domain: str = "") -> Family | None:
-    if domain not in ("", "ai.onnx"):
-        return None
-    return FAMILIES.get(op_type)
+    return FAMILIES.get(_key(op_type, domain))
