@@ -25,10 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 
+KEY_COLUMNS = ("batch", "tokens", "seq")   # numeric columns that name a row rather than measure it
+
+
 def tables(text: str) -> dict[tuple, dict[str, float]]:
-    """Rows of every markdown table in `text`: (the row's non-numeric cells) -> {column: number}."""
-    rows, header = {}, None
+    """Rows of every markdown table in `text`: (the heading above it, the row's non-numeric cells and its
+    batch) -> {column: number}."""
+    rows, header, heading = {}, None, ""
     for line in text.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip().split(" (")[0]
         if not line.startswith("|"):
             header = None
             continue
@@ -38,8 +44,9 @@ def tables(text: str) -> dict[tuple, dict[str, float]]:
             continue
         if all(set(c) <= set("-: ") for c in cells):
             continue
-        key = tuple(c for c, h in zip(cells, header) if not NUMBER.match(c) and c)
-        values = {h: float(c) for c, h in zip(cells, header) if NUMBER.match(c)}
+        key = (heading,) + tuple(f"{h} {c}" if h in KEY_COLUMNS else c for c, h in zip(cells, header)
+                                 if c and (h in KEY_COLUMNS or not NUMBER.match(c)))
+        values = {h: float(c) for c, h in zip(cells, header) if NUMBER.match(c) and h not in KEY_COLUMNS}
         rows[key] = values
     return rows
 
@@ -56,6 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--old", required=True, help="the older commit (any git revision)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--with-zennit", action="store_true")
+    parser.add_argument("--keep", help="a folder to write each run's output in")
     parser.add_argument("--hide", nargs="*", default=[], help="more packages to hide from both sides (lxt: "
                         "bench_transformers.py then times onnxlrp and onnxruntime only)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the benchmark command")
@@ -79,6 +87,8 @@ def main(argv=None) -> int:
                 order = [("old", old_tree), ("new", ROOT)] if round_ % 2 == 0 else [("new", ROOT), ("old", old_tree)]
                 for side, tree in order:
                     output = run(tree, command, env)
+                    if args.keep:
+                        (Path(args.keep) / f"round{round_ + 1}_{side}.txt").write_text(output)
                     collected[side].append(tables(output))
                     print(f"round {round_ + 1} {side} done", file=sys.stderr)
         finally:
@@ -94,7 +104,7 @@ def main(argv=None) -> int:
                 continue
             a, b = statistics.median(old), statistics.median(new)
             ratio = f"{b / a:.3f}" if a else ""
-            print(f"| {' / '.join(key)} | {column} | {a:g} | {b:g} | {ratio} |")
+            print(f"| {' / '.join(k for k in key if k)} | {column} | {a:g} | {b:g} | {ratio} |")
     return 0
 
 

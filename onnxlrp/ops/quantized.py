@@ -67,12 +67,6 @@ class NBitsWeight:
         else:
             self.zero = np.asarray(zero, dtype=np.float32).reshape(self.n, self.blocks)
 
-    def dequantized(self) -> np.ndarray:
-        """W [N, K] in float32, as MatMulNBits multiplies by it."""
-        per_block = (self.values.reshape(self.n, self.blocks, self.block).astype(np.float32)
-                     - self.zero[..., None]) * self.scales[..., None]
-        return per_block.reshape(self.n, -1)[:, :self.k]
-
     def emit(self) -> str:
         """W [N, K] computed in the relevance graph from the quantized values."""
         integral = self.zero == np.round(self.zero)

@@ -4,6 +4,7 @@ built-in handlers, standalone affine steps get Epsilon. Tiny models written as t
 import numpy as np
 import onnxruntime as ort
 import pytest
+import onnx
 from onnx import numpy_helper, parser
 from reference import jacobian_fd, rel_l2
 
@@ -182,3 +183,30 @@ def test_a_detectors_box_branch_needs_no_rule_when_a_class_score_is_explained(rn
                                    rtol=1e-4, atol=1e-6)
     with pytest.raises(OnnxLrpError, match="Cos"):
         ex.explain(x, mode="select", output_relevance=np.ones((2, 6, 3), np.float32))
+
+
+def test_the_explainer_has_no_node_whose_outputs_nothing_reads():
+    """onnxruntime runs such nodes all the same; one left at the end of BERT's explainer kept 500 MB more
+    alive at batch 8 (docs/performance.md)."""
+    from onnxlrp.compiler import compile_explainer
+    from onnxlrp.compiler.assemble import live_nodes
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 3] y) {
+            h = MatMul(x, w1)
+            a = Relu(h)
+            y = MatMul(a, w2)
+        }""")
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "w1"),
+                                    onnx.numpy_helper.from_array(rng.normal(size=(5, 3)).astype(np.float32), "w2")])
+    for composite in ("epsilon_plus_flat", "attn_lrp"):
+        graph = compile_explainer(model, composite=composite).model.graph
+        read = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+        assert all(any(o in read for o in node.output) for node in graph.node), composite
+    # the pruning keeps what subgraphs read from the outer scope
+    inner = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["outer"], ["z"])], "body", [],
+                                   [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)])
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["outer"]), onnx.helper.make_node("Relu", ["x"], ["dead"]),
+             onnx.helper.make_node("If", ["c"], ["out"], then_branch=inner, else_branch=inner)]
+    assert [n.output[0] for n in live_nodes(nodes, {"out"})] == ["outer", "out"]
