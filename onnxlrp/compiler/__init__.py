@@ -122,10 +122,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         graph_outputs.append(graph_output(b, b.add_all(parts), relevance_outputs[name], dims))
 
     b.set_scope("relevance/layers")
+    start_relevance = walked.start_relevance or convert(b, start.signal, logits, RELEVANCE)
+    layers = [("output", start_relevance, logits)] + walked.layer_inputs + at_sources   # unused ones are pruned
     sum_outputs, layer_relevance_outputs = [], []
-    if layer_sums or layer_relevances:
-        start_relevance = walked.start_relevance or convert(b, start.signal, logits, RELEVANCE)
-        layers = [("output", start_relevance, logits)] + walked.layer_inputs + at_sources
     if layer_sums:
         sum_outputs = [layer_sum(b, relevance, label) for label, relevance, _ in layers]
         graph_outputs += [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [BATCH_DIM])
