@@ -61,11 +61,10 @@ def augmented(x, most: int, noise: float):
     strokes sit rather than what they are, and without the noise its patch filters rest on the faint
     pixels at the strokes' edges (its heatmaps then leave the strokes: tools/demo_heatmaps.py)."""
     import torch
-    if most == 0:
-        return x
-    padded = torch.nn.functional.pad(x, (most,) * 4)
-    dy, dx = torch.randint(0, 2 * most + 1, (2, len(x)))
-    x = torch.stack([padded[i, :, dy[i]:dy[i] + SIZE, dx[i]:dx[i] + SIZE] for i in range(len(x))])
+    if most:
+        padded = torch.nn.functional.pad(x, (most,) * 4)
+        dy, dx = torch.randint(0, 2 * most + 1, (2, len(x)))
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + SIZE, dx[i]:dx[i] + SIZE] for i in range(len(x))])
     return x + noise * torch.randn_like(x) if noise else x
 
 

@@ -91,10 +91,7 @@ def _mobilevit():
 
 def _yolov8():
     import torch
-    from PIL import Image
-    image_open = Image.open
     from ultralytics.nn.tasks import DetectionModel
-    Image.open = image_open   # ultralytics patches PIL's open to pip-install a HEIF plugin on unreadable files
 
     class Predictions(torch.nn.Module):
         """The decoded predictions [N, 4 + classes, boxes] alone (eval mode adds the raw feature maps)."""
