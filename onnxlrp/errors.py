@@ -31,9 +31,10 @@ QUANTIZED_ACTIVATION_OPS = frozenset({
     "QLinearGlobalAveragePool", "QLinearReduceMean", "QLinearWhere", "QEmbedLayerNormalization"})
 QUANTIZED_REMEDY = (
     "it computes on quantized activations; onnxlrp explains weight-only quantized models (MatMulNBits, "
-    "DequantizeLinear of weights) exactly and QDQ models (QuantizeLinear / DequantizeLinear pairs around float "
-    "ops) through the pairs: quantize with onnxruntime.quantization's MatMulNBitsQuantizer, or quantize_static(..., "
-    "quant_format=QuantFormat.QDQ), or explain the float model")
+    "DequantizeLinear of weights), QDQ models (QuantizeLinear / DequantizeLinear pairs around float ops), dynamic "
+    "int8 (quantize_dynamic) and the QOperator ops QLinearMatMul, QLinearConv and QLinearAdd, but not this one: "
+    "quantize with onnxruntime.quantization's quantize_static(..., quant_format=QuantFormat.QDQ) or "
+    "MatMulNBitsQuantizer, or explain the float model")
 
 
 class UnsupportedOpError(UnsupportedModelError):

@@ -15,12 +15,34 @@ NONNEGATIVE_PRESERVING = ("MaxPool", "AveragePool", "GlobalAveragePool", "Global
                           "Split", "Slice", "Pad")
 
 
+def dequantize(node: onnx.NodeProto, inputs: list) -> np.ndarray:
+    """DequantizeLinear's float32 values: (x - zero_point) * scale, per tensor, per axis or per block."""
+    x, scale = inputs[0].astype(np.float32), np.asarray(inputs[1], dtype=np.float32)
+    zero = np.asarray(inputs[2], dtype=np.float32) if len(inputs) > 2 and inputs[2] is not None else np.float32(0)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if scale.ndim == 0:
+        return (x - zero) * scale
+    axis = attrs.get("axis", 1) % x.ndim
+    block = attrs.get("block_size", 0)
+    if block:
+        scale = np.repeat(scale, block, axis=axis).take(range(x.shape[axis]), axis=axis)
+        zero = np.repeat(zero, block, axis=axis).take(range(x.shape[axis]), axis=axis) if zero.ndim else zero
+        return (x - zero) * scale
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return (x - (zero.reshape(shape) if zero.ndim else zero)) * scale.reshape(shape)
+
+
 class ForwardGraph:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         graph = model.graph
         self.nodes = list(graph.node)
         self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for node in self.nodes:   # weights a QDQ model dequantizes: their values, for the rules (the forward
+            if node.op_type == "DequantizeLinear" and all(i in self.constants for i in node.input if i):  # keeps its
+                self.constants[node.output[0]] = dequantize(node, [self.constants[i] if i else None   # integers)
+                                                                   for i in node.input])
         self.node_named: dict[str, onnx.NodeProto] = {node.name: node for node in self.nodes}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)

@@ -19,6 +19,7 @@ from .fold_constants import fold_constants
 from .identity import remove_identities
 from .logits import find_logits
 from .pads import explicit_pads, fold_pad_into_conv
+from .quantized import quantized_spans
 from .shapes import ShapeInferenceError, infer_shapes, without_weights
 from .versions import normalise_versions
 
@@ -51,7 +52,7 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str]) -> Ca
     model = defuse_contrib_ops(model)
     model = normalise_versions(model)
     model, batch = make_batch_dynamic(model)
-    model = fold_until_stable(model)
+    model = quantized_spans(fold_until_stable(model))
     graph = gs.import_onnx(model)
     remove_identities(graph)
     explicit_pads(graph)

@@ -5,6 +5,8 @@ import math
 
 import onnx
 
+from .quantized import SPAN_DOMAIN
+
 
 class ShapeInferenceError(Exception):
     """onnx's strict shape inference refused the graph (the first line of what it said)."""
@@ -44,9 +46,14 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     typed = {v.name for v in model.graph.value_info if v.name in foreign}
     graph.value_info.extend(v for v in model.graph.value_info if v.name in foreign)
     types = {t.name: (t.data_type, tuple(t.dims)) for t in model.graph.initializer}
-    for node in model.graph.node:
+    functions = {(f.domain, f.name): f for f in model.functions if f.domain == SPAN_DOMAIN}
+    nodes = list(model.graph.node)
+    while nodes:
+        node = nodes.pop(0)
         stand_in = STAND_INS.get((node.domain, node.op_type))
-        if stand_in is not None and not typed.issuperset(o for o in node.output if o):
+        if (node.domain, node.op_type) in functions:   # a quantized span: its body, which may hold contrib ops
+            nodes[:0] = _inlined(node, functions[(node.domain, node.op_type)])
+        elif stand_in is not None and not typed.issuperset(o for o in node.output if o):
             graph.node.extend(stand_in(node, graph, types))
         else:
             graph.node.append(node)
@@ -85,7 +92,29 @@ def _gather_block_quantized(node: onnx.NodeProto, graph: onnx.GraphProto, types:
     return [onnx.helper.make_node("Gather", [rows, node.input[1]], [node.output[0]], axis=attrs.get("gather_axis", 0))]
 
 
+def _inlined(call: onnx.NodeProto, function: onnx.FunctionProto) -> list[onnx.NodeProto]:
+    """The function's nodes with its formal names replaced by the call's, its inner names made unique."""
+    names = dict(zip(function.input, call.input)) | dict(zip(function.output, call.output))
+    prefix = f"{call.name or call.output[0]}/"
+    nodes = []
+    for inner in function.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(inner)
+        for names_of in (node.input, node.output):
+            for k, name in enumerate(names_of):
+                if name:
+                    names_of[k] = names.get(name, prefix + name)
+        nodes.append(node)
+    return nodes
+
+
+def _qlinear_add(node: onnx.NodeProto, graph: onnx.GraphProto, types: dict) -> list[onnx.NodeProto]:
+    """QLinearAdd(a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero): broadcast like Add, integers."""
+    return [onnx.helper.make_node("Add", [node.input[0], node.input[3]], [node.output[0]])]
+
+
 # Ops of other domains that onnx's shape inference does not know, as default-domain ops of the same output
 # type and shape, used where the model does not say its output types
 STAND_INS = {("com.microsoft", "MatMulNBits"): _matmul_nbits,
-             ("com.microsoft", "GatherBlockQuantized"): _gather_block_quantized}
+             ("com.microsoft", "GatherBlockQuantized"): _gather_block_quantized,
+             ("com.microsoft", "QLinearAdd"): _qlinear_add}

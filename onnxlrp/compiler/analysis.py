@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto
 
 from ..composites import Composite, Layer
-from ..errors import UnsupportedModelError, UnsupportedOpError
+from ..errors import QUANTIZED_ACTIVATION_OPS, UnsupportedModelError, UnsupportedOpError
 from ..graph import ForwardGraph
 from ..ops.registry import WEIGHTED_KINDS, family_of
 from ..rules import Rule
@@ -277,9 +277,13 @@ def normalisers(fwd: ForwardGraph) -> set[str]:
 
 def _live(fwd: ForwardGraph, sources: list[str], held: set[str]) -> set[str]:
     """Tensors computed from the sources that relevance can flow through: float ones, and the integer output
-    of a QuantizeLinear (the same values rounded; its DequantizeLinear turns them back, ops/quantized.py)."""
+    of a QuantizeLinear (the same values rounded; its DequantizeLinear turns them back, ops/quantized.py). An
+    op on integer activations that no span holds writes integers, typed or not (a contrib op's output often
+    is not)."""
     live = set(sources)
     for node in fwd.nodes:
+        if node.op_type in QUANTIZED_ACTIVATION_OPS:
+            continue
         if any(i in live for i in node.input if i):
             live.update(o for o in node.output if o and o not in held and (
                 fwd.elem_type(o) in FLOAT_TYPES + (None,) or node.op_type == "QuantizeLinear"))
@@ -298,7 +302,8 @@ def _check_reached(analysis: Analysis) -> None:
         outputs = [o for o in node.output if o in ancestors]
         if outputs and any(analysis.carries(i) for i in node.input) and not any(analysis.carries(o) for o in outputs):
             kind = TensorProto.DataType.Name(fwd.elem_type(outputs[0]) or TensorProto.UNDEFINED).lower()
-            raise UnsupportedOpError(node.op_type, node.name, f"its output '{outputs[0]}' is a {kind} tensor computed "
+            kind = "an integer" if kind == "undefined" else f"a {kind}"
+            raise UnsupportedOpError(node.op_type, node.name, f"its output '{outputs[0]}' is {kind} tensor computed "
                                      "from the explained input, which relevance cannot flow through")
 
 

@@ -113,8 +113,12 @@ def explainer_model(canonical: onnx.ModelProto, nodes, inputs, outputs, initiali
     graph.output.extend(outputs)
     graph.initializer.extend(initializers)
     graph.name, graph.doc_string = "onnxlrp_explainer", ""
-    for name in ("metadata_props", "doc_string", "domain", "model_version", "training_info", "functions"):
+    for name in ("metadata_props", "doc_string", "domain", "model_version", "training_info"):
         canonical.ClearField(name)
+    called = {(node.domain, node.op_type) for node in graph.node}   # e.g. quantized spans (canonical/quantized.py)
+    kept = [f for f in canonical.functions if (f.domain, f.name) in called]
+    del canonical.functions[:]
+    canonical.functions.extend(kept)
     canonical.producer_name, canonical.producer_version = "onnxlrp", __version__
     return canonical
 

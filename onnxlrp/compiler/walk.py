@@ -114,7 +114,7 @@ class Walk:
                        rule=analysis.rules.get(node.name), signals=signals, carries=carries,
                        kind=analysis.kinds.get(node.name), opset=self.opset, batch_fixed=self.batch_fixed,
                        extra={"nonzero": support} if support else {},
-                       only_where_positive=relevance_form and self.zeros.only_where_positive(node),
+                       only_where_positive=relevance_form and self.zeros.only_where_positive(node), form=form,
                        relu_of_output=self.zeros.relu_of(node) if relevance_form else None)
 
     def _send(self, node, signals: list[Signal | None], walked: Walked, is_contrastive: bool) -> list[Signal | None]:

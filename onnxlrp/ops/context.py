@@ -123,6 +123,7 @@ class Context:
     batch_fixed: bool = False     # the model keeps its exported batch size: axis 0 is not necessarily the batch
     only_where_positive: bool = False   # relevance at the output is 0 wherever the output is <= 0
     relu_of_output: str | None = None   # then: a forward ReLU of the output, if the graph has one
+    form: str = "R"               # what the signals are: relevance "R" or modified gradient "g" (compiler/signals.py)
     extra: dict = field(default_factory=dict)
 
     # ---- the forward node ----

@@ -1,5 +1,7 @@
 """Quantized models: weight-only quantized layers (onnxruntime's MatMulNBits, 4- and 8-bit blocked weights,
-com.microsoft) and the QuantizeLinear / DequantizeLinear pairs of QDQ models.
+com.microsoft), the QuantizeLinear / DequantizeLinear pairs of QDQ models, and the layers that compute on
+integer activations (dynamic int8, QOperator), which canonicalisation puts into float-ended spans
+(onnxlrp/canonical/quantized.py).
 
 The forward stays the model's own op, so the explainer computes exactly the logits onnxruntime computes. Its
 J^T multiplies by the weight dequantized inside the relevance graph from the same 4- or 8-bit values, so the
@@ -18,12 +20,17 @@ weights (Gamma, ZPlus) would need a float copy of W, and is refused by the walk 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 
+from ..canonical.quantized import SPAN_DOMAIN
 from ..errors import UnsupportedOpError
+from . import arithmetic, conv, dense
 from .context import Context
-from .registry import family, vjp
+from .registry import family, relevance, vjp
 
 MATMUL_NBITS = family("4/8-bit matrix product", "MatMulNBits", kind="dense", domain="com.microsoft")
 FAKE_QUANTIZATION = family("quantize / dequantize", "QuantizeLinear", "DequantizeLinear", routes=True)
@@ -111,28 +118,206 @@ def matmul_nbits(ctx: Context, seeds):
     return ctx.only(0, ctx.b.op("MatMul", [seeds[0], NBitsWeight(ctx).emit()]))
 
 
-# the integers a QuantizeLinear may write: saturated values are where it clips x (a ReLU folded into a
-# zero point at the type's minimum, as onnxruntime's quantize_static does)
-INTEGER_RANGES = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
-                  TensorProto.UINT16: np.uint16}
+QUANTIZATION_EPSILON = 1e-10   # the identity rule's stabiliser, as LXT's (compiler/walk.py)
 
 
 @vjp(FAKE_QUANTIZATION)
-def straight_through(ctx: Context, seeds):
-    """DequantizeLinear(QuantizeLinear(x)) is x rounded to the quantization grid and clipped to its range:
-    relevance and gradient pass through unchanged where x is inside the range and are 0 where QuantizeLinear
-    saturates (the straight-through estimator), so a QDQ model is explained as its float model up to the
-    rounding of its activations."""
-    if ctx.op == "DequantizeLinear":
+def quantization_step(ctx: Context, seeds):
+    """QuantizeLinear rounds x to its grid and clips it to the grid's range; DequantizeLinear gives the value back
+    as a float, x_hat. Together an element-wise step, given the identity rule like any activation: R_x = R_x_hat,
+    in gradient form g_x = g * x_hat / x. So relevance is conserved through the rounding, is 0 where a ReLU
+    folded into the zero point clips x to 0 (quantize_static does that), and passes where a value saturates at
+    the grid's top (the straight-through estimator would drop it: a saturated explained logit would lose all
+    its relevance)."""
+    if ctx.op == "DequantizeLinear" or ctx.form == "R":
         return ctx.only(0, seeds[0])
-    integer = INTEGER_RANGES.get(ctx.graph.elem_type(ctx.y()))
-    if integer is None:
-        raise UnsupportedOpError(ctx.op, ctx.name, "it quantizes to a type other than (u)int8 or (u)int16")
-    b, quantized = ctx.b, ctx.y()
-    low, high = np.iinfo(integer).min, np.iinfo(integer).max
-    inside = b.op("And", [b.op("Greater", [quantized, b.const(np.array(low, integer), hint="qmin")]),
-                          b.op("Less", [quantized, b.const(np.array(high, integer), hint="qmax")])])
-    return ctx.only(0, b.op("Mul", [seeds[0], b.op("Cast", [inside], to=TensorProto.FLOAT)], hint="unsaturated"))
+    b = ctx.b
+    rounded = b.op("DequantizeLinear", [ctx.y(), *ctx.node.input[1:3]], hint="rounded",
+                   **({"axis": ctx.attr("axis")} if ctx.attr("axis") is not None else {}))
+    ratio = b.op("Div", [rounded, b.stabilize(ctx.x(), QUANTIZATION_EPSILON)], hint="identity_rule")
+    return ctx.only(0, b.op("Mul", [seeds[0], ratio]))
 
 
-__all__ = ["MATMUL_NBITS", "FAKE_QUANTIZATION", "NBitsWeight", "unpack"]
+# ---- spans: one layer on integer activations, with float ends ----
+
+SPAN_ANCHORS = ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QLinearAdd")
+
+
+class Span:
+    """What a span computes, read from its function: the float layer it stands for, y = W x + b (dense or conv)
+    or y = a + b (QLinearAdd), with W and b its dequantized integer weight and bias; x is the span's float
+    input, whose rounding to the integer grid the rules pass straight through (as for QDQ pairs). A QOperator
+    span's output lies on a grid, and is saturated at its ends: nothing passes back there."""
+
+    def __init__(self, node, graph):
+        function = next((f for f in graph.model.functions if f.domain == SPAN_DOMAIN and f.name == node.op_type),
+                        None)
+        if function is None:
+            raise UnsupportedOpError(node.op_type, node.name, "a call of onnxlrp's quantized span whose function is "
+                                     "missing from the model")
+        actual = dict(zip(function.input, node.input))
+        self.node, self.graph = node, graph
+        self.anchor = next(n for n in function.node if n.op_type in SPAN_ANCHORS)
+        self.op = self.anchor.op_type
+        self._actual = lambda name: actual.get(name, name)
+        body = {out: n for n in function.node for out in n.output}
+        self._body, self._formals = body, list(function.input)
+        self.bias = None
+        self.output_grid = None
+        if self.op in ("MatMulInteger", "ConvInteger"):
+            quantize = body[self.anchor.input[0]]
+            scale = next(n for n in function.node if n.op_type == "Mul" and quantize.output[1] in n.input)
+            self.weight_q = self.anchor.input[1]
+            self.weight_zero = self.anchor.input[3] if len(self.anchor.input) > 3 and self.anchor.input[3] else None
+            self.weight_scale = next(i for i in scale.input if i != quantize.output[1])
+            add = next((n for n in function.node if n.op_type == "Add"), None)
+            if add is not None:
+                self.bias = self._const(next(i for i in add.input if self._const(i) is not None)).reshape(-1)
+        elif self.op in ("QLinearMatMul", "QLinearConv"):
+            self.weight_q, self.weight_scale, self.weight_zero = self.anchor.input[3:6]
+            self.output_grid = self.anchor.input[6:8]
+            if self.op == "QLinearConv" and len(self.anchor.input) > 8 and self.anchor.input[8]:
+                input_scale = self._const(self.anchor.input[1]).astype(np.float64)
+                self.bias = self._const(self.anchor.input[8]) * input_scale * self._scale_per(0, 1)
+        else:
+            self.output_grid = self.anchor.input[6:8]
+        self.kind = {"MatMulInteger": "dense", "QLinearMatMul": "dense", "ConvInteger": "conv",
+                     "QLinearConv": "conv"}.get(self.op, "sum")
+
+    def _const(self, formal: str):
+        return self.graph.const(self._actual(formal))
+
+    def _scale_per(self, axis: int, rank: int) -> np.ndarray:
+        """The weight's scale, shaped to broadcast along `axis` of a rank-`rank` weight."""
+        scale = np.asarray(self._const(self.weight_scale), dtype=np.float64).reshape(-1)
+        shape = [1] * rank
+        shape[axis] = -1
+        return scale.reshape(shape) if scale.size > 1 else scale.reshape([1] * rank)
+
+    def weight(self) -> np.ndarray:
+        """W dequantized: [N, K] for a dense layer (transposed from MatMul's [K, N]), [O, I, k...] for a conv."""
+        q = np.asarray(self._const(self.weight_q), dtype=np.float64)
+        axis = 1 if self.kind == "dense" else 0
+        zero = 0.0
+        if self.weight_zero:
+            zero = np.asarray(self._const(self.weight_zero), dtype=np.float64).reshape(-1)
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            zero = zero.reshape(shape) if zero.size > 1 else zero.reshape([1] * q.ndim)
+        weight = (q - zero) * self._scale_per(axis, q.ndim)
+        return weight.T if self.kind == "dense" else weight
+
+    def emit_weight(self, b, name: str) -> None:
+        """W in the relevance graph as `name`, dequantized from the forward's own integer weight (no float copy)."""
+        scale = self._actual(self.weight_scale)
+        inputs = [self._actual(self.weight_q), scale] + ([self._actual(self.weight_zero)] if self.weight_zero else [])
+        if self.kind == "conv":
+            b.op("DequantizeLinear", inputs, output=name, axis=0)
+        else:
+            b.op("Transpose", [b.op("DequantizeLinear", inputs, axis=1)], output=name, perm=[1, 0])
+
+    def view(self, ctx: Context) -> tuple[Context, list[int | None]]:
+        """The float layer as a node of its own family, and for each of its inputs the span input it is. Where
+        the span rounds its output to a grid (QOperator), the view's output is the float layer's own z,
+        computed again here: the rounding and clipping is an element-wise step between z and y (below)."""
+        x, y = ctx.x(0), ctx.y(0)
+        prefix = f"{SPAN_DOMAIN}/{ctx.name}"
+        if self.kind == "sum":
+            b_name, b_index = self._addend(ctx, prefix)
+            node = helper.make_node("Add", [x, b_name], [y], name=ctx.name)
+            view = dataclasses.replace(ctx, node=node, carries=[ctx.carries[0], b_index is not None
+                                                                and ctx.carries[b_index]])
+            index = [0, b_index]
+        else:
+            weight_name = f"{prefix}/weight"
+            ctx.graph.constants[weight_name] = self.weight()
+            inputs = [x, weight_name]
+            if self.bias is not None:
+                ctx.graph.constants[f"{prefix}/bias"] = np.asarray(self.bias, dtype=np.float64)
+                inputs.append(f"{prefix}/bias")
+            self.emit_weight(ctx.b, weight_name)
+            if self.kind == "dense":
+                node = helper.make_node("Gemm", inputs, [y], name=ctx.name, transB=1)
+            else:
+                attrs = {a.name: helper.get_attribute_value(a) for a in self.anchor.attribute}
+                if attrs.pop("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                    raise UnsupportedOpError(self.node.op_type, self.node.name, "its convolution pads automatically "
+                                             "(auto_pad); quantize the model exported with explicit pads")
+                node = helper.make_node("Conv", inputs, [y], name=ctx.name, **attrs)
+            view = dataclasses.replace(ctx, node=node, carries=[ctx.carries[0], False, False][:len(inputs)])
+            index = [0]
+        if self.output_grid is not None:
+            node.output[0] = self._recompute(ctx, node)
+        return view, index
+
+    def _recompute(self, ctx: Context, node) -> str:
+        """z, the float layer's output before rounding (a constant operand emitted for it)."""
+        b = ctx.b
+        inputs = [name if name in ctx.node.input or name not in ctx.graph.constants or name.endswith("/weight")
+                  else b.const(ctx.graph.constants[name].astype(np.float32), hint=name.rsplit("/", 1)[-1])
+                  for name in node.input]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        z = b.op(node.op_type, inputs, hint="before_rounding", **attrs)
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(ctx.graph.value_infos[ctx.y()])
+        info.name = z
+        ctx.graph.value_infos[z] = info
+        return z
+
+    def _addend(self, ctx: Context, prefix: str) -> tuple[str, int | None]:
+        """QLinearAdd's second operand: a span input (computed), or its dequantized constant."""
+        quantize = self._body.get(self.anchor.input[3])
+        if quantize is not None:
+            index = self._formals.index(quantize.input[0])
+            return ctx.x(index), index
+        values = np.asarray(self._const(self.anchor.input[3]), dtype=np.float64)
+        scale, zero = (np.asarray(self._const(n), dtype=np.float64) for n in self.anchor.input[4:6])
+        name = f"{prefix}/addend"
+        ctx.graph.constants[name] = (values - zero) * scale   # read for its shape; the sum's J^T needs no values
+        return name, None
+
+
+def _span_kind(node, analysis) -> str:
+    span = Span(node, analysis.fwd)
+    if span.kind != "sum":
+        return span.kind
+    return "join" if sum(analysis.carries(name) for name in node.input) >= 2 else "affine"
+
+
+QUANTIZED_SPAN = family("layer on integer activations (a span)", "*", kind=_span_kind, domain=SPAN_DOMAIN)
+FLOAT_FAMILY = {"dense": dense.GEMM, "conv": conv.CONV, "sum": arithmetic.SUMS}
+
+
+def _to_span(ctx: Context, sent: list, index: list[int | None]) -> list:
+    result = ctx.none()
+    for value, i in zip(sent, index):
+        if value is not None and i is not None:   # x + x: both shares reach the one input
+            result[i] = value if result[i] is None else ctx.b.op("Add", [result[i], value])
+    return result
+
+
+@vjp(QUANTIZED_SPAN)
+def span_vjp(ctx: Context, seeds):
+    """J^T of the float layer; a QOperator span's output y is its z rounded and clipped, an element-wise step
+    given the identity rule (as QuantizeLinear above): g_z = g_y * y / z."""
+    span = Span(ctx.node, ctx.graph)
+    view, index = span.view(ctx)
+    if span.output_grid is not None:
+        b = ctx.b
+        ratio = b.op("Div", [ctx.y(), b.stabilize(view.y(), QUANTIZATION_EPSILON)], hint="identity_rule")
+        seeds = [b.op("Mul", [seeds[0], ratio])]
+    return _to_span(ctx, FLOAT_FAMILY[span.kind].vjp(view, seeds), index)
+
+
+@relevance(QUANTIZED_SPAN)
+def span_relevance(ctx: Context):
+    """The weighted rules (ZPlus, Gamma, Flat, ...) of the float layer, with R_z = R_y; None (the generic form,
+    through the VJP) for a sum."""
+    span = Span(ctx.node, ctx.graph)
+    if span.kind == "sum":
+        return None
+    view, index = span.view(ctx)
+    return _to_span(ctx, FLOAT_FAMILY[span.kind].relevance(view), index)
+
+
+__all__ = ["MATMUL_NBITS", "FAKE_QUANTIZATION", "QUANTIZED_SPAN", "NBitsWeight", "Span", "unpack"]

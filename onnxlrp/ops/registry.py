@@ -44,8 +44,9 @@ FAMILIES: dict[str, Family] = {}
 
 def family(name: str, *op_types: str, kind: str | Callable | None = None, routes: bool = False,
            domain: str = "") -> Family:
-    """Declare an op family (of ONNX's default domain unless `domain`, e.g. com.microsoft); attach its
-    functions with `@vjp(f)` and `@relevance(f)`."""
+    """Declare an op family (of ONNX's default domain unless `domain`, e.g. com.microsoft; op type "*": every
+    op of that domain, e.g. onnxlrp's own functions); attach its functions with `@vjp(f)` and
+    `@relevance(f)`."""
     declared = Family(name, op_types, kind=kind, routes=routes)
     for op in op_types:
         key = _key(op, domain)
@@ -78,4 +79,4 @@ def relevance(declared: Family):
 
 
 def family_of(op_type: str, domain: str = "") -> Family | None:
-    return FAMILIES.get(_key(op_type, domain))
+    return FAMILIES.get(_key(op_type, domain)) or FAMILIES.get(_key("*", domain))
