@@ -39,6 +39,9 @@ def _add_composite_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--declare", action="append", default=[], metavar="OP=pass|linear",
                        help="treat an op without a relevance handler as Pass (relevance unchanged) or as a linear "
                        "map of its first input (Norm, Jacobian probed at compile time); repeatable")
+    group.add_argument("--memory", choices=["default", "low"], default="default",
+                       help="low: recompute the forward tensors the relevance pass reads from checkpoints at the "
+                       "residual joins instead of keeping them (long prompts, large images; same relevance)")
     group = parser.add_argument_group("what to explain")
     group.add_argument("--output", dest="model_output", default=None,
                        help="which model output to explain (name or index; default the first float output)")
@@ -124,7 +127,8 @@ def cmd_compile(args) -> int:
             raise OnnxLrpError(f"refusing to overwrite the input model '{model}'")
         try:
             written = compile_model(model, target, composite=composite, mode=args.mode, output=_model_output(args),
-                                    inputs=_model_inputs(args), external_data=True if args.external_data else None)
+                                    inputs=_model_inputs(args), external_data=True if args.external_data else None,
+                                    memory=args.memory)
             print(f"{model} -> {written}")
         except OnnxLrpError as exc:
             failures += 1
@@ -163,7 +167,7 @@ def cmd_explain(args) -> int:
         raise OnnxLrpError("give INPUT files (images, .npy, folders, globs), or --text/--texts with --tokenizer")
     composite = _composite_from(args)
     explainer = Explainer(args.model, composite=composite, output=_model_output(args), inputs=_model_inputs(args),
-                          threads=args.threads)
+                          threads=args.threads, memory=getattr(args, "memory", "default"))
     selection = _selection(args)
     mode = "select" if selection else args.mode
     compiled = _compiled_for_inputs(explainer, mode)
@@ -217,7 +221,8 @@ def _explain_texts(args) -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     texts = read_texts(args.text, args.texts)
     explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
-                          inputs=_model_inputs(args), threads=args.threads)
+                          inputs=_model_inputs(args), threads=args.threads,
+                          memory=getattr(args, "memory", "default"))
     out = Path(args.out)
     done, skipped = explain_texts(explainer, texts, tokenizer, out, target=args.target, overwrite=args.overwrite,
                                   show=not args.quiet)
@@ -248,7 +253,7 @@ def _explain_prompt(args) -> int:
         raise OnnxLrpError(f"the tokenizer made no tokens of {args.prompt!r}")
     composite = _composite_from(args, default="attn_lrp")
     explainer = Explainer(str(path), composite=composite, output=_model_output(args), inputs=_model_inputs(args),
-                          threads=args.threads)
+                          threads=args.threads, memory=getattr(args, "memory", "default"))
     eos = None
     if args.eos_token_id is not None:
         try:
@@ -274,7 +279,8 @@ def cmd_concepts(args) -> int:
     from .runtime import Explainer
 
     explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
-                          inputs=_model_inputs(args), threads=args.threads)
+                          inputs=_model_inputs(args), threads=args.threads,
+                          memory=getattr(args, "memory", "default"))
     compiled = _compiled_for_inputs(explainer, "logit")
     primary = next(iter(compiled.relevance_outputs))
     shape = _shape(compiled, primary)
@@ -437,7 +443,8 @@ def cmd_evaluate(args) -> int:
     from .runtime import Explainer
 
     explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
-                          inputs=_model_inputs(args), threads=args.threads)
+                          inputs=_model_inputs(args), threads=args.threads,
+                          memory=getattr(args, "memory", "default"))
     compiled = explainer.compiled(args.mode)
     primary = next(iter(compiled.relevance_outputs))
     if len(compiled.inputs) != 1:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from . import composites as composites_module
-from .compiler import CompiledExplainer, abs_sum_name, compile_explainer, rejected_explainer
+from .compiler import MEMORY_FORMS, CompiledExplainer, abs_sum_name, compile_explainer, rejected_explainer
 from .errors import InputError, UnsupportedModelError
 from .generation import Generation
 from .llm import DecoderInputs, decoder_inputs, model_file
@@ -52,11 +52,15 @@ class Explainer:
     >>> ex = Explainer("model.onnx", composite=composites.EpsilonPlusFlat())
     >>> res = ex.explain(x, target=None)     # None: the predicted class
     >>> res.relevance.shape == x.shape
+
+    memory="low": the relevance pass recomputes what it reads of the forward pass from checkpoints at the
+    residual joins, so a transformer's memory grows linearly with the sequence instead of with layers x seq^2
+    (the same relevance; docs/performance.md, "Long prompts").
     """
 
     def __init__(self, model, composite=None, providers=None, output=None, inputs=None,
                  session_options: ort.SessionOptions | None = None, layer_sums: bool = False,
-                 threads: int | None = None, layer_relevances: bool = False):
+                 threads: int | None = None, layer_relevances: bool = False, memory: str = "default"):
         if isinstance(model, (str, os.PathLike)):
             model = model_file(model)      # a folder (onnxruntime-genai's, optimum's): its model.onnx
         self.source = Path(model) if isinstance(model, (str, os.PathLike)) else None   # its folder has its configs
@@ -68,6 +72,9 @@ class Explainer:
         self.explained_inputs = inputs
         self.layer_sums = layer_sums
         self.layer_relevances = layer_relevances
+        if memory not in MEMORY_FORMS:
+            raise ValueError(f"unknown memory form '{memory}'; choose one of {', '.join(MEMORY_FORMS)}")
+        self.memory = memory   # "low": forward tensors recomputed in the relevance pass (compiler/recompute.py)
         self.session_options = session_options or default_session_options(threads)
         self._compiled: dict[tuple, CompiledExplainer] = {}
         self._sessions: dict[tuple, ort.InferenceSession] = {}
@@ -84,7 +91,7 @@ class Explainer:
         output, layer_sums, layer_relevances, ..."""
         settings = dict(model=self.model, composite=self.composite, providers=self.providers, output=self.output,
                         inputs=self.explained_inputs, session_options=self.session_options,
-                        layer_sums=self.layer_sums, layer_relevances=self.layer_relevances)
+                        layer_sums=self.layer_sums, layer_relevances=self.layer_relevances, memory=self.memory)
         unknown = set(changes) - set(settings)
         if unknown:
             raise TypeError(f"Explainer.replace() got unknown settings {sorted(unknown)}")
@@ -165,7 +172,8 @@ class Explainer:
                 self._compiled[key] = compile_explainer(
                     model, composite=self.composite, mode=mode, output=self.output,
                     inputs=self.explained_inputs, layer_sums=self.layer_sums, layer_relevances=self.layer_relevances,
-                    conditions=list(conditions) or None, concepts=list(concepts) or None, support=support)
+                    conditions=list(conditions) or None, concepts=list(concepts) or None, support=support,
+                    memory=self.memory)
                 release_freed_memory()
             return self._compiled[key]
 

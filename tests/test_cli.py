@@ -29,6 +29,25 @@ def test_compile_writes_explainer_and_leaves_input(tmp_path, models_dir):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_compile_and_explain_with_low_memory(tmp_path, models_dir):
+    """--memory low: the explainer recomputes what it reads of the forward (its metadata says so), and explain
+    gives the default form's relevance (tiny_resnet: residual joins are its checkpoints)."""
+    import json
+
+    assert main(["compile", str(models_dir / "tiny_resnet.onnx"), "-o", str(tmp_path / "low.onnx"),
+                 "--memory", "low"]) == 0
+    info = json.loads(next(p.value for p in onnx.load(str(tmp_path / "low.onnx")).metadata_props
+                           if p.key == "onnxlrp"))
+    assert info["memory"] == "low"
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for memory in ("default", "low"):
+        assert main(["explain", str(models_dir / "tiny_resnet.onnx"), str(tmp_path / "x.npy"), "--out",
+                     str(tmp_path / memory), "--memory", memory, "--no-pictures"]) == 0
+    default, low = (np.load(tmp_path / memory / "x.relevance.npy") for memory in ("default", "low"))
+    np.testing.assert_allclose(low, default, rtol=1e-5, atol=1e-7)
+
+
 def test_compile_with_external_data_gives_the_same_explainer(tmp_path, models_dir):
     import onnxruntime as ort
 

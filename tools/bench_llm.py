@@ -42,7 +42,7 @@ def peak_mb():
 kind, path, feeds_path, threads, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 feeds = dict(np.load(feeds_path))
 loaded_mb = None
-if kind == "lxt":
+if kind in ("lxt", "lxt_checkpointing"):
     sys.path.insert(0, sys.argv[6])
     import torch, transformers
     torch.set_num_threads(threads)
@@ -53,6 +53,9 @@ if kind == "lxt":
                                                               torch_dtype=torch.float32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if kind == "lxt_checkpointing":   # recompute each layer in the backward pass (HF runs it in training mode only)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     ids = torch.as_tensor(feeds["input_ids"])
     def call():
         embeddings = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -63,6 +66,10 @@ if kind == "lxt":
 else:
     import onnxruntime as ort
     options = ort.SessionOptions()
+    if kind == "explainer":   # the session options onnxlrp's Explainer runs explainers with
+        sys.path.insert(0, sys.argv[6].rsplit("/", 1)[0])
+        from onnxlrp.runtime import default_session_options
+        options = default_session_options(threads)
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
@@ -79,13 +86,26 @@ print(json.dumps({"ms": 1000 * statistics.median(times), "peak_mb": peak_mb(), "
 """
 
 
-def child(kind: str, path: Path, feeds: dict, threads: int, repeats: int, work: Path) -> dict:
+def child(kind: str, path: Path, feeds: dict, threads: int, repeats: int, work: Path,
+          memory_limit_gb: float | None = None) -> dict:
+    """One measurement in a fresh process; with memory_limit_gb its address space is capped there, so that
+    running out of memory is an error of its own ("out of memory") rather than the system's OOM killer."""
     feeds_path = work / "feeds.npz"
     np.savez(feeds_path, **feeds)
+
+    def cap():
+        import resource
+        limit = int(memory_limit_gb * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     done = subprocess.run([sys.executable, "-c", CHILD, kind, str(path), str(feeds_path), str(threads), str(repeats),
-                           str(ROOT / "tools")], capture_output=True, text=True, check=False)
+                           str(ROOT / "tools")], capture_output=True, text=True, check=False,
+                          preexec_fn=cap if memory_limit_gb else None)
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+        said = done.stderr.strip()
+        if done.returncode == -9 or any(w in said for w in ("bad_alloc", "MemoryError", "Failed to allocate",
+                                                             "DefaultCPUAllocator: can't allocate")):
+            return {"error": "out of memory"}
+        return {"error": said.splitlines()[-1] if said else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -29,6 +29,7 @@ from ..ops.context import Builder
 from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
                        explainer_model, graph_output, layer_sum, sample_dims, with_dynamic_batch, write_metadata)
+from .recompute import checkpoints, dims_signature, recompute_forward
 from .signals import RELEVANCE, convert, gather
 from .start import MODES, build_start
 from .walk import Walk
@@ -38,7 +39,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
                       output: int | str | None = None, inputs: str | list[str] | None = None,
                       layer_sums: bool = False, layer_relevances: bool = False,
                       conditions: list[str] | None = None, concepts: list[str] | None = None,
-                      support: tuple[int, int, int] | None = None) -> CompiledExplainer:
+                      support: tuple[int, int, int] | None = None, memory: str = "default") -> CompiledExplainer:
     """Build the explainer model in memory. `model`: a path or an onnx.ModelProto.
 
     output: the model output explained (a name or an index; default the first float output).
@@ -52,7 +53,11 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     support: (axis, start, stop) of the explained output outside which the start is zero (select mode: a
         detection's class scores); a branch that only feeds the rest (the boxes) carries nothing and needs no
         rule.
+    memory: "default", or "low": the relevance pass recomputes the forward tensors it reads from checkpoints at
+        the residual joins instead of keeping them (compiler/recompute.py).
     """
+    if memory not in MEMORY_FORMS:
+        raise ValueError(f"unknown memory form '{memory}'; choose one of {', '.join(MEMORY_FORMS)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
     composite = composites_module.get(composite)
@@ -137,6 +142,11 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     graph_outputs += start.outputs + crp.outputs
 
     relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
+    if memory == "low":
+        kept = checkpoints(fwd, analysis, {v.name for v in canonical.model.graph.output})
+        relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
+                                            lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
+                                            lambda name: dims_signature(fwd, name))
     explainer = explainer_model(canonical.model, forward_nodes + relevance_nodes,
                                 [batched(v) for v in canonical.model.graph.input] + start.inputs
                                 + crp.inputs, graph_outputs, b.initializers)
@@ -147,9 +157,13 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
         layer_rules=[(layer.name, layer.op_type, f"{layer.kind}: {rule!r}") for layer, rule in analysis.layers],
         layer_sum_outputs=sum_outputs, layer_relevance_outputs=layer_relevance_outputs,
         position_input=start.position_input, position_output=start.position_output,
-        condition_inputs=crp.condition_inputs, concept_outputs=crp.concept_outputs, batch=canonical.batch)
+        condition_inputs=crp.condition_inputs, concept_outputs=crp.concept_outputs, batch=canonical.batch,
+        memory=memory)
     write_metadata(compiled, composite, mode)
     return compiled
+
+
+MEMORY_FORMS = ("default", "low")
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
@@ -215,5 +229,5 @@ def rejected_explainer(exc: Exception) -> OnnxLrpError:
                         f"(please report it with the model): {first[:400]}")
 
 
-__all__ = ["compile", "compile_explainer", "CompiledExplainer", "check_explainer", "rejected_explainer",
+__all__ = ["compile", "compile_explainer", "CompiledExplainer", "MEMORY_FORMS", "check_explainer", "rejected_explainer",
            "abs_sum_name", "LAYER_SUM_PREFIX", "LAYER_RELEVANCE_PREFIX"]

@@ -40,6 +40,7 @@ class CompiledExplainer:
     position_input: str | None = None   # sequence outputs: the position explained
     position_output: str | None = None
     batch: int | None = None       # None: any batch; else the batch size the model is fixed to (fed in chunks)
+    memory: str = "default"        # "low": forward tensors recomputed in the relevance pass (recompute.py)
 
 
 def abs_sum_name(sum_name: str) -> str:
@@ -132,6 +133,8 @@ def write_metadata(compiled: CompiledExplainer, composite, mode: str) -> None:
         "position_input": compiled.position_input, "position_output": compiled.position_output,
         "layer_sum_outputs": compiled.layer_sum_outputs, "layer_relevance_outputs": compiled.layer_relevance_outputs,
         "condition_inputs": compiled.condition_inputs, "concept_outputs": compiled.concept_outputs,
+        "memory": compiled.memory,
     }
+
     entry = compiled.model.metadata_props.add()
     entry.key, entry.value = "onnxlrp", json.dumps(info)

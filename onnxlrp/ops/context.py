@@ -208,6 +208,10 @@ class Context:
         shape = self.shape(x)
         if shape and all(d is not None for d in shape[1:]) and self.graph.same_first_dim(x, y):
             return self.b.op("Reshape", [tensor, self.b.ints([0, *shape[1:]])])
+        if shape and sum(d is None for d in shape) == 1 and all(d is None or d > 0 for d in shape):
+            # one free dim (a flattened batch x sequence): -1 there, and no read of x, which would keep x
+            # alive until the relevance pass (or have the low-memory form recompute it for its shape alone)
+            return self.b.op("Reshape", [tensor, self.b.ints([-1 if d is None else d for d in shape])])
         return self.b.reshape_like(tensor, x)
 
     def expand_target(self, like: str) -> str:

@@ -1,0 +1,140 @@
+"""The bounded-memory explainer (`memory="low"`): the relevance pass recomputes the forward tensors it reads
+instead of keeping them alive from the forward pass, as gradient checkpointing does for a backward pass.
+
+By default an explainer keeps every forward tensor its relevance nodes read until the reverse walk reaches
+them: for a decoder, every layer's attention scores and probabilities ([heads, seq, seq] each), so memory
+grows with layers x seq^2. Here the forward keeps only checkpoints:
+  - the explained tensors (token embeddings, images) and the model's outputs;
+  - what does not depend on them (attention masks, rotary tables, constants): computed once, shared;
+  - the outputs of residual joins (kind "join"): one or two per transformer block, [seq, hidden] each.
+Every other forward tensor a relevance node reads is computed again inside the relevance graph (where it
+reads only the shape, the shape of a kept tensor of the same dims is read instead), from the nearest
+checkpoints, by copies of the forward nodes placed right before the first relevance node that
+reads it. The forward then frees a block's internals as soon as the next block has read them, and the
+relevance pass holds one block's recomputed internals at a time: at most one more forward of each block.
+
+onnxruntime must run each copy late, when the relevance pass reaches it: its default order runs a node as
+soon as its inputs exist (the copies would run during the forward and be held all the same), and
+common-subexpression elimination would merge a copy back into the forward node it copies. So each
+checkpoint a copy reads is first made to depend on the relevance signal that triggers the copy:
+c + 0 * (one element of the signal), exact, one pass over c. The explainer then needs no session
+settings (a server runs it as it is).
+
+A network without joins (VGG) has no checkpoint between its input and its output: the copies would be one
+whole forward, held as before, so nothing is saved there.
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from ..ops.context import Builder
+
+RECOMPUTED = "/recomputed"
+SHAPE_READS = ("Shape", "Size")   # relevance nodes that read a forward tensor's shape, not its values
+
+
+def dims_signature(fwd, name: str) -> tuple | None:
+    """The tensor's dims as ints and symbolic names (one name, one size, in an inferred graph), or None."""
+    value = fwd.value_infos.get(name)
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            return None
+    return tuple(dims)
+
+
+def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
+    """The forward tensors the low-memory explainer keeps (the module's docstring)."""
+    sources = set(analysis.all_sources)
+    depends = fwd.descendants(list(sources))
+    produced = {o for node in fwd.nodes for o in node.output if o}
+    joins = {node.output[0] for node in fwd.nodes if analysis.kinds.get(node.name) == "join"}
+    return (produced - depends) | sources | joins | kept_outputs
+
+
+def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list[onnx.NodeProto],
+                      keep: set[str], b: Builder, is_float, explained: str, signature) -> list[onnx.NodeProto]:
+    """The relevance nodes, each preceded by copies of the forward nodes that compute, from checkpoints, the
+    forward tensors it reads that are not kept; every copy is made once, where it is first needed, and reads
+    its float checkpoints through a dependency on the signal that needs it: the relevance node's own input
+    computed from the explained output, or else (a ratio of forward tensors) the last such signal emitted.
+    A relevance node that reads only the shape of a tensor reads it off a kept tensor of the same shape where
+    there is one. `is_float(name)`: a float tensor; `signature(name)`: its dims, ints and symbolic names
+    (None where one is unknown)."""
+    producer = {o: node for node in forward_nodes for o in node.output if o}
+    kept_like: dict[tuple, str] = {}   # a shape, with its symbolic dims -> a kept tensor of that shape
+    for name in keep:
+        if signature(name) is not None:
+            kept_like.setdefault(signature(name), name)
+    kept_like.pop(None, None)
+    copies: dict[str, str] = {}    # forward tensor -> its recomputed copy
+    gates: dict[tuple[str, str], str] = {}
+    zeros: dict[str, str] = {}     # signal -> 0 * one of its elements
+    late = {explained}             # tensors computed from the explained output: the walk's signals
+    latest: str | None = None
+    result: list[onnx.NodeProto] = []
+
+    def emit(op: str, inputs: list[str], name: str, **attrs) -> str:
+        result.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def gated(checkpoint: str, signal: str | None) -> str:
+        if signal is None or checkpoint not in producer and checkpoint not in keep or not is_float(checkpoint):
+            return checkpoint
+        if signal not in zeros:
+            flat = emit("Reshape", [signal, b.ints([-1])], f"{signal}/flat")
+            first = emit("Slice", [flat, b.ints([0]), b.ints([1])], f"{signal}/first")
+            zeros[signal] = emit("Mul", [emit("Cast", [first], f"{signal}/first_float", to=TensorProto.FLOAT),
+                                         b.scalar(0.0)], f"{signal}/zero")
+        key = (checkpoint, signal)
+        if key not in gates:
+            gates[key] = emit("Add", [checkpoint, zeros[signal]], f"{checkpoint}/after/{signal}")
+        return gates[key]
+
+    def recomputed(tensor: str, signal: str | None) -> str:
+        # depth first, without recursion (a chain between two checkpoints can be long)
+        stack = [tensor]
+        while stack:
+            top = stack[-1]
+            if top in copies:
+                stack.pop()
+                continue
+            node = producer[top]
+            missing = [i for i in node.input if i and i not in keep and i in producer and i not in copies]
+            if missing:
+                stack.extend(missing)
+                continue
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = node.name + RECOMPUTED
+            for k, name in enumerate(copy.input):
+                if name:
+                    copy.input[k] = copies[name] if name in copies else gated(name, signal)
+            for k, name in enumerate(copy.output):
+                if name:
+                    copies[name] = copy.output[k] = name + RECOMPUTED
+            result.append(copy)
+            stack.pop()
+        return copies[tensor]
+
+    for node in relevance_nodes:
+        signal = next((name for name in node.input if name in late and name != explained), latest)
+        if any(name in late for name in node.input):
+            late.update(o for o in node.output if o)
+            latest = node.output[0] if node.output and node.output[0] else latest
+        if node.op_type in SHAPE_READS and node.input[0] in producer and node.input[0] not in keep:
+            same = kept_like.get(signature(node.input[0]))
+            if same is not None:   # a kept tensor of the same shape: no copy just for a shape
+                node.input[0] = same
+        for k, name in enumerate(node.input):
+            if name and name in producer and name not in keep:
+                node.input[k] = recomputed(name, signal)
+        result.append(node)
+    return result

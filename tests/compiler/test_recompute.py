@@ -1,0 +1,116 @@
+"""The bounded-memory explainer (memory="low", onnxlrp/compiler/recompute.py): the same relevance as the default
+form, the forward keeps only checkpoints, and onnxruntime runs the recomputed copies in the relevance pass."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+
+from onnxlrp import Explainer
+from onnxlrp.compiler import compile_explainer
+from onnxlrp.compiler.recompute import RECOMPUTED
+
+ort = pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[2]
+
+# two residual blocks, each x + W2 relu(W1 x)
+RESIDUAL = """
+<ir_version: 9, opset_import: ["" : 17]>
+residual (float[N, 4] x) => (float[N, 3] logits)
+<float[4, 6] w1 = {0.3, -0.2, 0.5, 0.1, -0.4, 0.2, 0.6, 0.3, -0.1, 0.2, 0.4, -0.5, -0.3, 0.1, 0.2, 0.5, -0.2, 0.3,
+ 0.1, 0.4, -0.6, 0.2, 0.3, 0.1},
+ float[6, 4] w2 = {0.2, -0.1, 0.3, 0.4, -0.2, 0.5, 0.1, -0.3, 0.3, 0.2, -0.4, 0.1, 0.1, 0.3, 0.2, -0.2, -0.5, 0.1,
+ 0.4, 0.3, 0.2, -0.1, 0.3, 0.2},
+ float[4, 3] w3 = {0.5, -0.3, 0.2, 0.1, 0.4, -0.2, -0.3, 0.2, 0.6, 0.2, 0.1, -0.4}>
+{
+    h1 = MatMul(x, w1)
+    a1 = Relu(h1)
+    d1 = MatMul(a1, w2)
+    r1 = Add(x, d1)
+    h2 = MatMul(r1, w1)
+    a2 = Relu(h2)
+    d2 = MatMul(a2, w2)
+    r2 = Add(r1, d2)
+    logits = MatMul(r2, w3)
+}
+"""
+
+
+def _relevances(model, composite, x, memory):
+    return Explainer(model, composite=composite, memory=memory).explain(x, target=np.zeros(len(x), np.int64))
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "attn_lrp"])
+def test_the_low_memory_form_explains_as_the_default_form(composite):
+    model = onnx.parser.parse_model(RESIDUAL)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    default, low = (_relevances(model, composite, x, memory) for memory in ("default", "low"))
+    np.testing.assert_allclose(low.relevance, default.relevance, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(low.outputs[0], default.outputs[0])
+
+
+def _forward_reads(compiled) -> tuple[set[str], set[str]]:
+    """The forward tensors relevance nodes read, and the forward tensors of the explainer."""
+    nodes = compiled.model.graph.node
+    forward = {o for n in nodes if not n.name.startswith("lrp/") and not n.name.endswith(RECOMPUTED) for o in n.output}
+    read = {i for n in nodes if n.name.startswith("lrp/") for i in n.input if i in forward}
+    return read, forward
+
+
+def test_relevance_nodes_read_only_checkpoints():
+    """Of the forward, the relevance pass reads only the input, the residual joins' outputs and the logits; the
+    ReLUs and products it needs are recomputed."""
+    model = onnx.parser.parse_model(RESIDUAL)
+    default = compile_explainer(model, composite="epsilon")
+    low = compile_explainer(model, composite="epsilon", memory="low")
+    assert {"a1", "a2", "h1", "h2"} & _forward_reads(default)[0]
+    assert _forward_reads(low)[0] <= {"x", "r1", "r2", "logits"}
+    assert any(n.name.endswith(RECOMPUTED) for n in low.model.graph.node)
+    assert json.loads(next(p.value for p in low.model.metadata_props if p.key == "onnxlrp"))["memory"] == "low"
+
+
+def test_onnxruntime_runs_the_copies_after_the_forward(tmp_path):
+    """Each copy depends on the signal that needs it, so onnxruntime (default order, all optimisations, which
+    would merge an independent copy into the node it copies) runs every one after the forward is done."""
+    decoder = pytest.importorskip("tests.decoder_model")
+    compiled = compile_explainer(decoder.decoder("plain"), composite="attn_lrp", memory="low")
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ids = np.array([[1, 3, 4, 5, 6, 3, 7]], np.int64)
+    session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids), compiled.target_input: np.array([-1]),
+                       compiled.position_input: np.array([6])})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    order = [e["name"][:-len("_kernel_time")] for e in events
+             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    forward_names = {n.name for n in compiled.model.graph.node if not n.name.startswith("lrp/")
+                     and not n.name.endswith(RECOMPUTED) and "/after/" not in n.name}
+    copies = [k for k, name in enumerate(order) if name.endswith(RECOMPUTED)]
+    forward = [k for k, name in enumerate(order) if name in forward_names]
+    assert copies and min(copies) > max(forward)
+
+
+@pytest.mark.parametrize("model, composite", [("decoder", "attn_lrp"), ("vit", "attn_lrp"), ("vit", "cp_lrp")])
+def test_transformers_are_explained_alike_in_both_forms(model, composite):
+    if model == "decoder":
+        decoder = pytest.importorskip("tests.decoder_model")
+        ids = np.array([[1, 3, 4, 5, 6, 3, 7, 8, 9]], np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        explain = lambda ex: ex.explain(feeds).relevances["input_ids"]   # noqa: E731
+        source = decoder.decoder("plain")
+    else:
+        source = str(ROOT / "models" / "demo" / "digits_vit.onnx")
+        x = np.random.default_rng(1).uniform(size=(2, 1, 32, 32)).astype(np.float32)
+        explain = lambda ex: ex.explain(x).relevance   # noqa: E731
+    default, low = (explain(Explainer(source, composite=composite, memory=memory)) for memory in ("default", "low"))
+    np.testing.assert_allclose(low, default, rtol=1e-5, atol=1e-6 * np.abs(default).max())
+
+
+def test_an_unknown_memory_form_is_refused():
+    with pytest.raises(ValueError, match="memory form 'tiny'.*default, low"):
+        Explainer(onnx.parser.parse_model(RESIDUAL), memory="tiny")
