@@ -76,9 +76,10 @@ else:
     feeds = {k: v for k, v in feeds.items() if k in wanted}
     call = lambda: session.run(None, feeds)
 loaded_mb = peak_mb()
-call()
+if repeats > 0:   # 0: one run without a warm-up (long prompts)
+    call()
 times = []
-for _ in range(repeats):
+for _ in range(max(repeats, 1)):
     start = time.perf_counter()
     call()
     times.append(time.perf_counter() - start)

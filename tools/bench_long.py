@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vit", action="store_true", help="ViT-B/16 at --sizes instead of a decoder")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 896])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up (0: one, no warm-up)")
     parser.add_argument("--no-lxt", action="store_true", help="leave out the LXT columns")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GB",
                         help="cap each measuring process's address space; past it the cell says OOM")
