@@ -66,10 +66,12 @@ if kind in ("lxt", "lxt_checkpointing"):
 else:
     import onnxruntime as ort
     options = ort.SessionOptions()
-    if kind == "explainer":   # the session options onnxlrp's Explainer runs explainers with
+    if kind.startswith("explainer"):   # the session options onnxlrp's Explainer runs explainers with
         sys.path.insert(0, sys.argv[6].rsplit("/", 1)[0])
         from onnxlrp.runtime import default_session_options
         options = default_session_options(threads)
+        if kind == "explainer_dequantized_at_load":   # constant weights' DequantizeLinear folded at load
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
@@ -122,6 +124,9 @@ def main(argv=None) -> int:
     parser.add_argument("--answer", type=int, default=32, help="new tokens generated and explained")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dequantize-at-load", action="store_true",
+                        help="quantized exports: also the explainer with onnxlrp's session options, with and "
+                        "without onnxruntime folding the weights' DequantizeLinear at load")
     args = parser.parse_args(argv)
     from onnxlrp import Explainer, bench
     from onnxlrp.compiler import compile_explainer
@@ -155,6 +160,12 @@ def main(argv=None) -> int:
             del compiled
             inference = child("ort", path, feeds, args.threads, args.repeats, work)
             explained = child("ort", explainer_path, explain_feeds, args.threads, args.repeats, work)
+            if args.dequantize_at_load and "int" in way:
+                for kind in ("explainer", "explainer_dequantized_at_load"):
+                    run = child(kind, explainer_path, explain_feeds, args.threads, args.repeats, work)
+                    print(f"  ({way}, {kind}: {run.get('ms', 0):.0f} ms, explain / inference "
+                          f"{run.get('ms', float('nan')) / inference.get('ms', float('nan')):.2f}, peak "
+                          f"{run.get('peak_mb', 0):.0f} MB{', ' + run['error'] if 'error' in run else ''})")
             explainer_mb = sum(p.stat().st_size for p in work.glob(f"{way}.explainer.onnx*")) / 1e6
             ratio = explained.get("ms", float("nan")) / inference.get("ms", float("nan"))
             lxt_ratio = lxt.get("ms", float("nan")) / explained.get("ms", float("nan"))

@@ -129,6 +129,21 @@ def test_the_explainer_of_an_int4_model_keeps_its_weights_quantized():
                    for t in explainer.graph.initializer)
 
 
+def test_onnxruntime_may_dequantize_the_weights_once_at_load():
+    """The documented speed-for-memory switch (docs/transformers.md, "Quantized models"): with
+    session.disable_quant_qdq onnxruntime folds the relevance pass's DequantizeLinear of constant weights into
+    float initialisers when the session is built; the explanation is the same."""
+    from onnxlrp.runtime import default_session_options
+    quantized = _quantized(_float_mlp(21, False), 4, False)
+    x = np.random.default_rng(2).normal(size=(3, K)).astype(np.float32)
+    folded = default_session_options(None)
+    folded.add_session_config_entry("session.disable_quant_qdq", "1")
+    plain, at_load = (Explainer(quantized, composite="attn_lrp", session_options=options).explain(x, target=[1, 2, 3])
+                      for options in (None, folded))
+    np.testing.assert_allclose(at_load.relevance, plain.relevance, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(at_load.outputs[0], plain.outputs[0])
+
+
 def test_a_rule_that_transforms_weights_is_refused_for_a_quantized_layer():
     quantized = _quantized(_float_mlp(21, False), 4, False)
     with pytest.raises(UnsupportedOpError, match="MatMulNBits"):
