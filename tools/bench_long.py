@@ -41,7 +41,7 @@ FORMS = ("default", "low")
 
 def _cell(result: dict) -> tuple[str, str]:
     if "error" in result:
-        text = "OOM" if result["error"] == "out of memory" else "failed"
+        text = {"out of memory": "OOM", "skipped": "-"}.get(result["error"], "failed")
         return text, text
     return f"{result['ms'] / 1000:.2f}", f"{result['peak_mb'] - result['loaded_mb']:.0f}"
 
@@ -81,6 +81,23 @@ def _same_relevance(paths: dict[str, Path], feeds: dict) -> str:
     return ", ".join(said)
 
 
+def _ours(args, work: Path, source: Path, paths: dict[str, Path], feeds: dict, explain_feeds: dict) -> dict:
+    """Inference and both explainer forms, each in a fresh process."""
+    runs = {"inference": child("ort", source, feeds, args.threads, args.repeats, work, args.memory_limit)}
+    for form in FORMS:
+        runs[form] = child("explainer", paths[form], explain_feeds, args.threads, args.repeats, work,
+                           args.memory_limit)
+    return runs
+
+
+def _row(lead: list, runs: dict) -> str:
+    """A table row: the lead cells, every run's time, every run's memory, low / default time."""
+    cells = [_cell(result) for result in runs.values()]
+    ratio = (runs["low"]["ms"] / runs["default"]["ms"]) if "ms" in runs["low"] and "ms" in runs["default"] else None
+    return ("| " + " | ".join(str(v) for v in lead) + " | " + " | ".join(c[0] for c in cells) + " | "
+            + " | ".join(c[1] for c in cells) + f" | {'' if ratio is None else f'{ratio:.2f}'} |")
+
+
 def decoders(args) -> None:
     config = json.loads((F.fixture(args.arch) / "config.json").read_text())
     source = F.fixture(args.arch, "torchscript")
@@ -101,20 +118,12 @@ def decoders(args) -> None:
             if k == 0:
                 print(f"(relevance, low against default form at {length} tokens, relative L2: "
                       f"{_same_relevance(paths, explain_feeds)})\n", flush=True)
-            runs = {"inference": child("ort", source, feeds, args.threads, args.repeats, work, args.memory_limit)}
-            for form in FORMS:
-                runs[form] = child("explainer", paths[form], explain_feeds, args.threads, args.repeats, work,
-                                   args.memory_limit)
+            runs = _ours(args, work, source, paths, feeds, explain_feeds)
             for kind in ("lxt", "lxt_checkpointing"):
                 runs[kind] = ({"error": "skipped"} if args.no_lxt else
                               child(kind, F.fixture(args.arch), {"input_ids": ids}, args.threads, args.repeats, work,
                                     args.memory_limit))
-            cells = {kind: _cell(result) for kind, result in runs.items()}
-            ratio = (runs["low"]["ms"] / runs["default"]["ms"]) if "ms" in runs["low"] and "ms" in runs["default"] \
-                else float("nan")
-            order = ("inference", "default", "low", "lxt", "lxt_checkpointing")
-            print(f"| {length} | " + " | ".join(cells[kind][0] for kind in order) + " | "
-                  + " | ".join(cells[kind][1] for kind in order) + f" | {ratio:.2f} |", flush=True)
+            print(_row([length], runs), flush=True)
 
 
 def vits(args) -> None:
@@ -146,16 +155,8 @@ def vits(args) -> None:
             if k == 0:
                 print(f"(relevance, low against default form at {size} px, relative L2: "
                       f"{_same_relevance(paths, explain_feeds)})\n", flush=True)
-            runs = {"inference": child("ort", source, feeds, args.threads, args.repeats, work, args.memory_limit)}
-            for form in FORMS:
-                runs[form] = child("explainer", paths[form], explain_feeds, args.threads, args.repeats, work,
-                                   args.memory_limit)
-            cells = {kind: _cell(result) for kind, result in runs.items()}
-            ratio = (runs["low"]["ms"] / runs["default"]["ms"]) if "ms" in runs["low"] and "ms" in runs["default"] \
-                else float("nan")
-            order = ("inference", "default", "low")
-            print(f"| {size} | {(size // 16) ** 2 + 1} | " + " | ".join(cells[kind][0] for kind in order) + " | "
-                  + " | ".join(cells[kind][1] for kind in order) + f" | {ratio:.2f} |", flush=True)
+            print(_row([size, (size // 16) ** 2 + 1], _ours(args, work, source, paths, feeds, explain_feeds)),
+                  flush=True)
 
 
 def main(argv=None) -> int:
