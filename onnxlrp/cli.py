@@ -144,7 +144,8 @@ def cmd_export(args) -> int:
         options.update(version=args.version, max_batch_size=args.max_batch_size, instances=args.instances,
                        threads=args.threads, queue_delay_us=args.queue_delay_us)
     written = export(args.model, args.out, format=args.format, composite=_composite_from(args), mode=args.mode,
-                     output=_model_output(args), inputs=_model_inputs(args), name=args.name, **options)
+                     output=_model_output(args), inputs=_model_inputs(args), name=args.name, memory=args.memory,
+                     **options)
     print(f"{args.model} -> {written}")
     if args.format == "triton":
         print(f"serve it: tritonserver --model-repository={Path(args.out).resolve()}  (see docs/deployment.md)")
@@ -167,7 +168,7 @@ def cmd_explain(args) -> int:
         raise OnnxLrpError("give INPUT files (images, .npy, folders, globs), or --text/--texts with --tokenizer")
     composite = _composite_from(args)
     explainer = Explainer(args.model, composite=composite, output=_model_output(args), inputs=_model_inputs(args),
-                          threads=args.threads, memory=getattr(args, "memory", "default"))
+                          threads=args.threads, memory=args.memory)
     selection = _selection(args)
     mode = "select" if selection else args.mode
     compiled = _compiled_for_inputs(explainer, mode)
@@ -222,7 +223,7 @@ def _explain_texts(args) -> int:
     texts = read_texts(args.text, args.texts)
     explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
                           inputs=_model_inputs(args), threads=args.threads,
-                          memory=getattr(args, "memory", "default"))
+                          memory=args.memory)
     out = Path(args.out)
     done, skipped = explain_texts(explainer, texts, tokenizer, out, target=args.target, overwrite=args.overwrite,
                                   show=not args.quiet)
@@ -253,7 +254,7 @@ def _explain_prompt(args) -> int:
         raise OnnxLrpError(f"the tokenizer made no tokens of {args.prompt!r}")
     composite = _composite_from(args, default="attn_lrp")
     explainer = Explainer(str(path), composite=composite, output=_model_output(args), inputs=_model_inputs(args),
-                          threads=args.threads, memory=getattr(args, "memory", "default"))
+                          threads=args.threads, memory=args.memory)
     eos = None
     if args.eos_token_id is not None:
         try:
@@ -280,7 +281,7 @@ def cmd_concepts(args) -> int:
 
     explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
                           inputs=_model_inputs(args), threads=args.threads,
-                          memory=getattr(args, "memory", "default"))
+                          memory=args.memory)
     compiled = _compiled_for_inputs(explainer, "logit")
     primary = next(iter(compiled.relevance_outputs))
     shape = _shape(compiled, primary)
@@ -444,7 +445,7 @@ def cmd_evaluate(args) -> int:
 
     explainer = Explainer(args.model, composite=_composite_from(args), output=_model_output(args),
                           inputs=_model_inputs(args), threads=args.threads,
-                          memory=getattr(args, "memory", "default"))
+                          memory=args.memory)
     compiled = explainer.compiled(args.mode)
     primary = next(iter(compiled.relevance_outputs))
     if len(compiled.inputs) != 1:

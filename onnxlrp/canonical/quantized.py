@@ -220,14 +220,17 @@ class _Spans:
         self.gone.discard(name)
 
     def _float(self, name: str, grid: tuple[str, str] | None = None) -> str:
-        """A float tensor holding the values of `name`: itself if float, else its dequantization."""
-        if name in self.float_view:
-            return self.float_view[name]
+        """A float tensor holding the values of `name` on `grid`: itself if float, else its dequantization."""
         if grid is None:     # a DynamicQuantizeLinear's float input
             return name
+        if name in self.float_view:
+            if self._same_grid(self.grid[name], grid):
+                return self.float_view[name]
+            self._requantize(name)   # read on another grid than it was written on: dequantize its integers anew
         out = self.fresh(f"{name}__float")
         self.nodes.append(helper.make_node("DequantizeLinear", [name, *grid], [out], name=out))
-        self.float_view[name], self.grid[name] = out, grid
+        if name not in self.float_view:
+            self.float_view[name], self.grid[name] = out, grid
         return out
 
     def _same_grid(self, a: tuple[str, str], b: tuple[str, str]) -> bool:

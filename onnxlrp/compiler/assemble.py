@@ -135,6 +135,5 @@ def write_metadata(compiled: CompiledExplainer, composite, mode: str) -> None:
         "condition_inputs": compiled.condition_inputs, "concept_outputs": compiled.concept_outputs,
         "memory": compiled.memory,
     }
-
     entry = compiled.model.metadata_props.add()
     entry.key, entry.value = "onnxlrp", json.dumps(info)

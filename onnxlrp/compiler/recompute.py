@@ -71,9 +71,9 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
     producer = {o: node for node in forward_nodes for o in node.output if o}
     kept_like: dict[tuple, str] = {}   # a shape, with its symbolic dims -> a kept tensor of that shape
     for name in keep:
-        if signature(name) is not None:
-            kept_like.setdefault(signature(name), name)
-    kept_like.pop(None, None)
+        dims = signature(name)
+        if dims is not None:
+            kept_like.setdefault(dims, name)
     copies: dict[str, str] = {}    # forward tensor -> its recomputed copy
     gates: dict[tuple[str, str], str] = {}
     zeros: dict[str, str] = {}     # signal -> 0 * one of its elements

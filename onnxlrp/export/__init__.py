@@ -20,7 +20,7 @@ FORMATS = ("triton", "mlflow")
 
 
 def export(model, out, format: str = "triton", composite=None, mode: str = "logit", output=None, inputs=None,
-           name: str | None = None, **options) -> Path:
+           name: str | None = None, memory: str = "default", **options) -> Path:
     """Compile `model`'s explainer and write it for a server.
 
     format "triton": `out` is the model repository; the model goes to out/<name>/ (name: the model file's
@@ -32,7 +32,8 @@ def export(model, out, format: str = "triton", composite=None, mode: str = "logi
         raise OnnxLrpError(f"unknown export format '{format}'; choose {' or '.join(FORMATS)}")
     source = load_model(model)
     composite = composites_module.get(composite)
-    compiled = compile_explainer(source, composite=composite, mode=mode, output=output, inputs=inputs)
+    compiled = compile_explainer(source, composite=composite, mode=mode, output=output, inputs=inputs,
+                                 memory=memory)
     check_explainer(compiled.model)
     described = f"composite {composite!r}, mode {mode}"
     if format == "mlflow":

@@ -279,9 +279,7 @@ class Span:
 
 def _span_kind(node, analysis) -> str:
     span = Span(node, analysis.fwd)
-    if span.kind != "sum":
-        return span.kind
-    return "join" if sum(analysis.carries(name) for name in node.input) >= 2 else "affine"
+    return FLOAT_FAMILY[span.kind].kind_of(node, analysis)   # a sum: a join or an affine step, as Add
 
 
 QUANTIZED_SPAN = family("layer on integer activations (a span)", "*", kind=_span_kind, domain=SPAN_DOMAIN)

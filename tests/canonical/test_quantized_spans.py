@@ -49,12 +49,29 @@ qoperator (float[N, 6] x) => (float[N, 2, 2] y)
 """
 
 
+# the second product reads the first one's integers on another grid than they were written on
+REGRID = """
+<ir_version: 9, opset_import: ["" : 17]>
+regrid (float[N, 6] x) => (float[N, 4] y)
+<float xs = {0.02}, uint8 xz = {128}, int8[6, 4] w = {1, -2, 3, -4, 5, -6, 7, -8, 9, -10, 11, -12, 13, -14, 15, -16,
+ 17, -18, 19, -20, 21, -22, 23, -24}, float ws = {0.01}, int8 wz = {0}, float hs = {0.003}, uint8 hz = {100},
+ float gs = {0.004}, uint8 gz = {90}, int8[4, 4] v = {3, -1, 2, 5, -4, 6, 1, -2, 7, 2, -3, 1, -1, 4, 2, -5},
+ float vs = {0.02}, int8 vz = {0}, float ys = {0.005}, uint8 yz = {128}>
+{
+    xq = QuantizeLinear(x, xs, xz)
+    hq = QLinearMatMul(xq, xs, xz, w, ws, wz, hs, hz)
+    yq = QLinearMatMul(hq, gs, gz, v, vs, vz, ys, yz)
+    y = DequantizeLinear(yq, ys, yz)
+}
+"""
+
+
 def _outputs(model, x):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})
 
 
-@pytest.mark.parametrize("text", [DYNAMIC, QOPERATOR], ids=["dynamic", "qoperator"])
+@pytest.mark.parametrize("text", [DYNAMIC, QOPERATOR, REGRID], ids=["dynamic", "qoperator", "regrid"])
 def test_spans_compute_the_models_own_outputs(text):
     model = onnx.parser.parse_model(text)
     spans = quantized_spans(model)
