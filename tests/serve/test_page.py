@@ -66,6 +66,13 @@ def _digit_contrast(browser) -> float:
                  / (np.median(grey[digit]) - np.median(grey[background])))
 
 
+def _press(browser, wait, button_id: str):
+    """Click a button once it is enabled: the page disables its buttons while a request is in flight (a
+    composite chosen starts one), and a click on a disabled button does nothing."""
+    wait.until(lambda d: d.find_element(By.ID, button_id).is_enabled())
+    browser.find_element(By.ID, button_id).click()
+
+
 def test_upload_a_digit_click_a_class_and_compare(browser, live_server):
     wait = WebDriverWait(browser, 60)
     _open(browser, live_server + "/")
@@ -94,7 +101,7 @@ def test_upload_a_digit_click_a_class_and_compare(browser, live_server):
 
     browser.find_element(By.ID, "composite").send_keys("epsilon gamma box")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#params input")) == 3)
-    browser.find_element(By.ID, "compare").click()
+    _press(browser, wait, "compare")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid figure")) == 5)
     assert browser.find_element(By.ID, "comparison-title").text.endswith(f"explaining class {other}")
     captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#grid figcaption")]
@@ -121,7 +128,7 @@ def test_the_vit_and_a_bad_upload(browser, live_server, tmp_path):
     browser.find_element(By.ID, "file").send_keys(str(DEMO / "digits" / "test_0.png"))
     wait.until(lambda d: d.find_element(By.ID, "explained").text.startswith("class "))
     wait.until(lambda d: not d.find_element(By.ID, "progress").is_displayed())
-    browser.find_element(By.ID, "compare").click()
+    _press(browser, wait, "compare")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid figure")) == 2)
     assert browser.find_element(By.ID, "heatmap").is_displayed()
     bad = tmp_path / "notes.png"
@@ -144,7 +151,7 @@ def test_a_text_model_takes_a_sentence(browser, live_server):
     wait.until(lambda d: d.find_element(By.ID, "sentence").is_displayed())
     assert not browser.find_element(By.ID, "drop").is_displayed()
     browser.find_element(By.ID, "sentence").send_keys("the film was a delight")
-    browser.find_element(By.ID, "explain").click()
+    _press(browser, wait, "explain")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#tokens span")) == 5)
     assert browser.find_element(By.CSS_SELECTOR, "#tokens span").text == "the"
     assert not browser.find_element(By.ID, "stack").is_displayed()
@@ -170,7 +177,7 @@ def test_a_language_model_answers_and_each_word_shows_what_it_rests_on(browser, 
     count = browser.find_element(By.ID, "max-new-tokens")
     count.clear()
     count.send_keys("6")
-    browser.find_element(By.ID, "generate").click()
+    _press(browser, wait, "generate")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#answer-tokens .gen"))
     wait.until(lambda d: not d.find_element(By.ID, "progress").is_displayed())
     status, reply = _generate(live_server, {"model": "tiny_lm", "prompt": "the cat sat on the mat",
@@ -222,7 +229,7 @@ def test_one_model_served(browser, one_model_server):
     wait.until(lambda d: not d.find_element(By.ID, "progress").is_displayed())
     predicted = browser.find_element(By.CSS_SELECTOR, "#scores button").get_attribute("data-class")
     assert browser.find_element(By.ID, "explained").text == f"class {predicted}"
-    browser.find_element(By.ID, "compare").click()
+    _press(browser, wait, "compare")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid figure")) == 5)
     assert browser.find_element(By.ID, "comparison-title").text.endswith(f"explaining class {predicted}")
     assert not browser.find_element(By.ID, "error").text
