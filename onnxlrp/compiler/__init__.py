@@ -29,7 +29,7 @@ from ..ops.context import Builder
 from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
                        explainer_model, graph_output, layer_sum, sample_dims, with_dynamic_batch, write_metadata)
-from .recompute import checkpoints, dims_signature, recompute_forward
+from .recompute import checkpoints, dims_signature, everything_but_norm_statistics, recompute_forward
 from .signals import RELEVANCE, convert, gather
 from .start import MODES, build_start
 from .walk import Walk
@@ -142,11 +142,11 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     graph_outputs += start.outputs + crp.outputs
 
     relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
-    if memory == "low":
-        kept = checkpoints(fwd, analysis, {v.name for v in canonical.model.graph.output})
-        relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
-                                            lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
-                                            lambda name: dims_signature(fwd, name))
+    kept = (checkpoints(fwd, analysis, {v.name for v in canonical.model.graph.output}) if memory == "low"
+            else everything_but_norm_statistics(fwd, analysis))
+    relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
+                                        lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
+                                        lambda name: dims_signature(fwd, name))
     explainer = explainer_model(canonical.model, forward_nodes + relevance_nodes,
                                 [batched(v) for v in canonical.model.graph.input] + start.inputs
                                 + crp.inputs, graph_outputs, b.initializers)

@@ -111,6 +111,54 @@ def test_transformers_are_explained_alike_in_both_forms(model, composite):
     np.testing.assert_allclose(low, default, rtol=1e-5, atol=1e-6 * np.abs(default).max())
 
 
+def _values(rng, *shape) -> str:
+    return ", ".join(f"{v:.3f}" for v in rng.normal(size=shape).ravel() * 0.5)
+
+
+_RNG = np.random.default_rng(0)
+# an RMSNorm as torch.onnx writes it (x * 1 / sqrt(mean(x^2) + eps), then the scale) before a residual block
+RMS_NORM = f"""
+<ir_version: 9, opset_import: ["" : 17]>
+rmsnorm (float[N, 5, 8] x) => (float[N, 3] logits)
+<float two = {{2.0}}, float eps = {{1e-6}}, float one = {{1.0}}, float[8] g = {{{_values(_RNG, 8)}}},
+ float[8, 8] w1 = {{{_values(_RNG, 8, 8)}}}, float[8, 3] w2 = {{{_values(_RNG, 8, 3)}}}>
+{{
+    square = Pow(x, two)
+    mean = ReduceMean <axes = [-1]> (square)
+    shifted = Add(mean, eps)
+    rms = Sqrt(shifted)
+    inverse = Div(one, rms)
+    normalised = Mul(x, inverse)
+    y = Mul(g, normalised)
+    h = MatMul(y, w1)
+    r = Add(x, h)
+    pooled = ReduceMean <axes = [1], keepdims = 0> (r)
+    logits = MatMul(pooled, w2)
+}}
+"""
+
+
+@pytest.mark.parametrize("memory", ["default", "low"])
+def test_a_norm_is_fused_in_the_forward_as_in_inference(memory, tmp_path):
+    """The relevance pass recomputes a decomposed norm's statistics (both forms), so onnxruntime fuses the norm
+    in the explainer's forward as it does in inference: the same logits bit for bit, and the same relevance in
+    both forms. Reading the forward's 1 / rms stopped the fusion in the default form (logits 6e-8 apart)."""
+    model = onnx.parser.parse_model(RMS_NORM)
+    compiled = compile_explainer(model, composite="attn_lrp", memory=memory)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    forward = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node
+               if not n.name.startswith("lrp/") and not n.name.endswith(RECOMPUTED) and "/after/" not in n.name]
+    assert "SimplifiedLayerNormalization" in forward and "Sqrt" not in forward
+    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
+    inference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    result = _relevances(model, "attn_lrp", x, memory)
+    np.testing.assert_array_equal(result.outputs[0], inference.run(None, {"x": x})[0])
+    other = _relevances(model, "attn_lrp", x, "low" if memory == "default" else "default")
+    np.testing.assert_array_equal(result.relevance, other.relevance)
+
+
 def test_an_unknown_memory_form_is_refused():
     with pytest.raises(ValueError, match="memory form 'tiny'.*default, low"):
         Explainer(onnx.parser.parse_model(RESIDUAL), memory="tiny")
