@@ -16,6 +16,7 @@ from .batchnorm import fold_batchnorm
 from .defuse import defuse_contrib_ops
 from .dense import normalise_dense
 from .fold_constants import fold_constants
+from .heads import split_attention_heads
 from .identity import remove_identities
 from .logits import find_logits
 from .pads import explicit_pads, fold_pad_into_conv
@@ -32,11 +33,13 @@ class CanonicalModel:
     batch: int | None = None  # None: a dynamic batch; else the batch size the model is fixed to
 
 
-def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> CanonicalModel:
+def canonicalize(model: onnx.ModelProto, output: int | str | None = None, split_heads: bool = False) -> CanonicalModel:
+    """The model in canonical form; `split_heads`: every attention computed one head at a time (heads.py, for
+    the bounded-memory explainer)."""
     output_names = [o.name for o in model.graph.output]
     given = without_weights(model)   # what the user gave, for telling whose shape inference failed
     try:
-        return _canonicalize(model, output, output_names)
+        return _canonicalize(model, output, output_names, split_heads)
     except ShapeInferenceError as exc:
         try:
             onnx.shape_inference.infer_shapes(given, check_type=True, strict_mode=True, data_prop=True)
@@ -48,7 +51,7 @@ def canonicalize(model: onnx.ModelProto, output: int | str | None = None) -> Can
                                     f"model ({exc})") from None
 
 
-def _canonicalize(model: onnx.ModelProto, output, output_names: list[str]) -> CanonicalModel:
+def _canonicalize(model: onnx.ModelProto, output, output_names: list[str], split_heads: bool) -> CanonicalModel:
     model = defuse_contrib_ops(model)
     model = normalise_versions(model)
     model, batch = make_batch_dynamic(model)
@@ -63,6 +66,8 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str]) -> Ca
         fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = infer_shapes(_export(graph, model.ir_version))
+    if split_heads:
+        model = infer_shapes(split_attention_heads(model))
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names, batch=batch)
 
 

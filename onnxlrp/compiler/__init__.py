@@ -64,7 +64,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     proto = load_model(model, check=not isinstance(model, onnx.ModelProto))   # a proto: checked by its caller
     if find_one_class_svm(proto) is not None:   # a one-class SVM: OC-DTD (onnxlrp/oneclass.py)
         return compile_oneclass_explainer(proto, mode)
-    canonical = canonicalize(proto, output)
+    canonical = canonicalize(proto, output, split_heads=memory == "low")
     _refuse_control_flow(canonical.model)
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)

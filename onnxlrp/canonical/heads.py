@@ -1,0 +1,169 @@
+"""Attention one head at a time, for the bounded-memory explainer (memory="low").
+
+An attention's scores and probabilities are [batch, heads, queries, keys] tensors: at 4096 tokens and 8 heads,
+512 MiB each. The bounded-memory explainer recomputes them in the relevance pass, one block at a time, but a
+block's attention still holds several of them at once (the recomputed probabilities, the gradient at them,
+the softmax rule's temporaries). Split per head, the same computation runs as `heads` independent chains,
+
+    Q, K^T, V --Split(axis 1)--> per head: MatMul(Q_h, K^T_h) -> scale / mask ops -> Softmax -> MatMul(., V_h)
+    --Concat(axis 1)--> the attention's output
+
+and onnxruntime, which orders nodes by a depth-first walk back from the outputs, finishes one head's chain
+(forward and relevance) before it starts the next: one head's [queries, keys] tensors are alive at a time.
+Each head computes exactly what the batched MatMul computed for it (the same products, summed in the same
+order), so the model's outputs do not change.
+
+The pattern: Softmax on the last axis of a rank-4 tensor, computed from MatMul(Q, K^T) by element-wise ops
+(Add, Sub, Mul, Div, Where) whose other operands have 1 or `heads` on axis 1 (masks, scales), each tensor of
+the chain read only by the next op, and the probabilities read only by MatMul(probabilities, V). The head count comes from onnxruntime's symbolic
+shape inference, which follows an export's computed reshapes (ONNX's own leaves their dims unknown); where it
+fails, nothing is split.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+from .names import unique_name
+
+ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
+HEAD_AXIS = 1
+
+
+def split_attention_heads(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every attention found split per head (the module's docstring); the model itself where
+    there is none."""
+    dims = _symbolic_dims(model)
+    if not dims:
+        return model
+    graph = gs.import_onnx(model)
+    outputs = {t.name for t in graph.outputs}
+    attentions = [found for node in graph.nodes if node.op == "Softmax" and (found := _attention(node, dims, outputs))]
+    if not attentions:
+        return model
+    for attention in attentions:
+        _split(graph, *attention)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    split = gs.export_onnx(graph, do_type_check=False)
+    split.ir_version = model.ir_version
+    del split.graph.value_info[:]
+    return split
+
+
+def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Every tensor's dims (ints, or names for symbolic ones) as onnxruntime's symbolic shape inference finds
+    them; {} where it fails."""
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # noqa: BLE001 - an op it does not know: no split, the explainer works without
+        return {}
+    if inferred is None:
+        return {}
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in values if v.type.tensor_type.HasField("shape")}
+
+
+def _shape(tensor, dims: dict) -> list | None:
+    if isinstance(tensor, gs.Constant):
+        return list(tensor.values.shape)
+    return dims.get(tensor.name)
+
+
+def _heads(tensor, dims: dict) -> int | None:
+    shape = _shape(tensor, dims)
+    if shape is None or len(shape) != 4 or not isinstance(shape[HEAD_AXIS], int):
+        return None
+    return shape[HEAD_AXIS]
+
+
+def _single_use(tensor: gs.Variable, graph_outputs: set) -> bool:
+    return isinstance(tensor, gs.Variable) and len(tensor.outputs) == 1 and tensor.name not in graph_outputs
+
+
+def _attention(softmax: gs.Node, dims: dict, outputs: set):
+    """(scores MatMul, [(element-wise op, its input along the chain)] from the scores to the Softmax, [Softmax,
+    Casts after it], output MatMul, heads, dims) or None."""
+    scores = softmax.inputs[0]
+    heads = _heads(scores, dims)
+    if heads is None or heads < 2 or int(softmax.attrs.get("axis", -1)) not in (-1, 3):
+        return None
+    probabilities, casts = softmax.outputs[0], []
+    while _single_use(probabilities, outputs) and probabilities.outputs[0].op == "Cast":   # torch's dtype casts
+        casts.append(probabilities.outputs[0])
+        probabilities = casts[-1].outputs[0]
+    if not _single_use(probabilities, outputs) or probabilities.outputs[0].op != "MatMul" \
+            or probabilities.outputs[0].inputs[0] is not probabilities:
+        return None
+    output = probabilities.outputs[0]
+    chain, tensor = [], scores
+    while True:
+        if not _single_use(tensor, outputs) or not tensor.inputs:
+            return None
+        node = tensor.inputs[0]
+        if node.op == "MatMul":
+            break
+        if node.op not in ELEMENTWISE:
+            return None
+        along = [i for i, t in enumerate(node.inputs) if _heads(t, dims) == heads and t.inputs
+                 and t.inputs[0].op in ELEMENTWISE + ("MatMul",) and _single_use(t, outputs)]
+        if len(along) != 1 or (node.op == "Where" and along[0] == 0):
+            return None
+        if any(not _per_head_operand(t, heads, dims) for i, t in enumerate(node.inputs) if i != along[0]):
+            return None
+        chain.append((node, along[0]))
+        tensor = node.inputs[along[0]]
+    matmul = tensor.inputs[0]
+    if not all(_per_head_operand(t, heads, dims) and _heads(t, dims) is not None
+               for t in matmul.inputs + output.inputs[1:]):
+        return None
+    return matmul, chain[::-1], [softmax] + casts, output, heads, dims
+
+
+def _per_head_operand(tensor, heads: int, dims: dict) -> bool:
+    """An operand each head can read its part of: 1 or `heads` on the head axis, or too short to have one."""
+    shape = _shape(tensor, dims)
+    if shape is None:
+        return False
+    if len(shape) < 4 - HEAD_AXIS:       # right-aligned broadcasting: no head axis
+        return True
+    return len(shape) == 4 and shape[HEAD_AXIS] in (1, heads)
+
+
+def _split(graph: gs.Graph, matmul: gs.Node, chain: list, normalise: list, output: gs.Node, heads: int,
+           dims: dict) -> None:
+    parts: dict[int, list] = {}
+
+    def per_head(tensor, h: int):
+        """Head h's part of an operand: a Split output where it has the heads, else the operand itself."""
+        shape = _shape(tensor, dims)
+        if len(shape) < 4 - HEAD_AXIS or shape[HEAD_AXIS] == 1:
+            return tensor
+        if id(tensor) not in parts:
+            name = unique_name(graph, f"{tensor.name}/per_head")
+            outputs = [gs.Variable(f"{name}/{k}", dtype=tensor.dtype) for k in range(heads)]
+            sizes = gs.Constant(unique_name(graph, f"{name}/sizes"), np.ones(heads, np.int64))
+            graph.nodes.append(gs.Node("Split", name, {"axis": HEAD_AXIS}, inputs=[tensor, sizes], outputs=outputs))
+            parts[id(tensor)] = outputs
+        return parts[id(tensor)][h]
+
+    def copy(node: gs.Node, h: int, inputs: list) -> gs.Variable:
+        result = gs.Variable(unique_name(graph, f"{node.outputs[0].name}/head{h}"), dtype=node.outputs[0].dtype)
+        graph.nodes.append(gs.Node(node.op, unique_name(graph, f"{node.name}/head{h}"), dict(node.attrs),
+                                   inputs=inputs, outputs=[result]))
+        return result
+
+    results = []
+    for h in range(heads):
+        tensor = copy(matmul, h, [per_head(t, h) for t in matmul.inputs])
+        for node, along in chain:
+            tensor = copy(node, h, [tensor if i == along else per_head(t, h) for i, t in enumerate(node.inputs)])
+        for node in normalise:   # the Softmax and the Casts after it
+            tensor = copy(node, h, [tensor])
+        results.append(copy(output, h, [tensor, per_head(output.inputs[1], h)]))
+    joined = output.outputs[0]
+    output.outputs.clear()
+    graph.nodes.append(gs.Node("Concat", unique_name(graph, f"{output.name}/heads"), {"axis": HEAD_AXIS},
+                               inputs=results, outputs=[joined]))

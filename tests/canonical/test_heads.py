@@ -1,0 +1,98 @@
+"""Attention split per head for the bounded-memory explainer (onnxlrp/canonical/heads.py): tiny models from text,
+run before and after the rewrite by onnxruntime, outputs bit for bit; patterns that must stay whole."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+
+from onnxlrp import Explainer
+from onnxlrp.canonical.heads import split_attention_heads
+from onnxlrp.compiler import compile_explainer
+from onnxlrp.compiler.recompute import RECOMPUTED
+
+ort = pytest.importorskip("onnxruntime")
+RNG = np.random.default_rng(0)
+
+
+def _values(*shape) -> str:
+    return ", ".join(f"{v:.3f}" for v in RNG.normal(size=shape).ravel() * 0.5)
+
+
+CAUSAL = ", ".join("0.0" if k <= q else "-1e9" for q in range(6) for k in range(6))
+WEIGHTS = (f"float[8, 8] wq = {{{_values(8, 8)}}}, float[8, 8] wk = {{{_values(8, 8)}}}, "
+           f"float[8, 8] wv = {{{_values(8, 8)}}}, float[8, 8] wo = {{{_values(8, 8)}}}, "
+           f"float[8, 3] w2 = {{{_values(8, 3)}}}")
+
+
+def _attention(normalise: str = "p = Softmax <axis = -1> (masked)\n    pc = Cast <to = 1> (p)",
+               probabilities: str = "pc") -> str:
+    """Two heads of width 4 over 6 tokens, as torch.onnx writes a decoder's: scale, causal mask, Softmax, Cast,
+    then a residual join and a pooled classifier."""
+    return f"""
+<ir_version: 9, opset_import: ["" : 17]>
+attention (float[N, 6, 8] x) => (float[N, 3] logits)
+<{WEIGHTS}, int64[4] heads = {{0, 6, 2, 4}}, int64[3] merged = {{0, 6, 8}}, float half = {{0.5}},
+ float[1, 1, 6, 6] mask = {{{CAUSAL}}}>
+{{
+    q = MatMul(x, wq)
+    k = MatMul(x, wk)
+    v = MatMul(x, wv)
+    qh = Reshape(q, heads)
+    kh = Reshape(k, heads)
+    vh = Reshape(v, heads)
+    qt = Transpose <perm = [0, 2, 1, 3]> (qh)
+    kt = Transpose <perm = [0, 2, 3, 1]> (kh)
+    vt = Transpose <perm = [0, 2, 1, 3]> (vh)
+    scores = MatMul(qt, kt)
+    scaled = Mul(scores, half)
+    masked = Add(scaled, mask)
+    {normalise}
+    o = MatMul({probabilities}, vt)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    om = Reshape(ot, merged)
+    out = MatMul(om, wo)
+    r = Add(x, out)
+    pooled = ReduceMean <axes = [1], keepdims = 0> (r)
+    logits = MatMul(pooled, w2)
+}}
+"""
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_each_head_computes_what_the_batched_attention_computed():
+    model = onnx.parser.parse_model(_attention())
+    split = split_attention_heads(model)
+    ops = [n.op_type for n in split.graph.node]
+    assert ops.count("Softmax") == 2 and ops.count("Cast") == 2 and ops.count("Split") == 3   # Q, K^T, V
+    assert ops.count("Concat") == 1
+    x = RNG.normal(size=(3, 6, 8)).astype(np.float32)
+    np.testing.assert_array_equal(_run(split, x), _run(model, x))
+
+
+@pytest.mark.parametrize("why, normalise, probabilities", [
+    ("a softmax over the heads", "p = Softmax <axis = 1> (masked)", "p"),
+    ("probabilities read twice", "p = Softmax <axis = -1> (masked)\n    pc = Add(p, p)", "pc"),
+])
+def test_what_is_not_an_attention_stays_whole(why, normalise, probabilities):
+    model = onnx.parser.parse_model(_attention(normalise, probabilities))
+    assert split_attention_heads(model) is model, why
+
+
+def test_the_low_memory_form_explains_the_split_attention_as_the_default_form():
+    """memory="low" splits the heads, the default form does not: the same logits and relevance."""
+    model = onnx.parser.parse_model(_attention())
+    x = RNG.normal(size=(2, 6, 8)).astype(np.float32)
+    for memory, softmaxes in (("low", 2), ("default", 1)):
+        compiled = compile_explainer(model, composite="attn_lrp", memory=memory)
+        forward = [n for n in compiled.model.graph.node if not n.name.startswith("lrp/")
+                   and not n.name.endswith(RECOMPUTED)]
+        assert sum(n.op_type == "Softmax" for n in forward) == softmaxes, memory
+    a, b = (Explainer(model, composite="attn_lrp", memory=memory).explain(x) for memory in ("low", "default"))
+    np.testing.assert_array_equal(a.outputs[0], b.outputs[0])
+    np.testing.assert_allclose(a.relevance, b.relevance, rtol=1e-6, atol=1e-7 * np.abs(b.relevance).max())
