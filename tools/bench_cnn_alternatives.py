@@ -6,7 +6,9 @@ after warm-ups), and checked to compute the same numbers:
                       kernels a 1x1 Conv + zero-stuffing (Reshape, Pad, Reshape, Slice);
   max-pool routing:   MaxPool with indices + ScatterElements (emitted)  vs  the winners without indices:
                       the window offsets as strided Slices, ArgMax over them (the first maximum, as
-                      MaxPool's indices), ScatterElements.
+                      MaxPool's indices), ScatterElements; and, for windows that do not overlap, each
+                      window put on the last axis by a transpose, ArgMax, a one-hot Where, the transpose
+                      back.
 
     python tools/bench_cnn_alternatives.py --batches 1 8
 
@@ -153,9 +155,31 @@ def max_pool_routing(n: int, channels: int, size: int, k: int, stride: int, pad:
               helper.make_node("ScatterElements", ["zeros", "within", "rr"], ["o"], axis=2, reduction="add"),
               helper.make_node("Reshape", ["o", "shape"], ["out"])]
     indexless = _session(nodes, {**inits, **per_plane}, feeds)
-    same = np.array_equal(indexless(), emitted())
-    return (f"| {k}x{k}/{stride} pad {pad}, {channels} x {size}x{size} | {n} | {_ms(emitted, repeats):.2f} | "
-            f"{_ms(indexless, repeats):.2f} ({'equal' if same else 'DIFFERENT'}) |")
+    row = (f"| {k}x{k}/{stride} pad {pad}, {channels} x {size}x{size} | {n} | {_ms(emitted, repeats):.2f} | "
+           f"{_ms(indexless, repeats):.2f} ({_same(indexless(), emitted())}) |")
+    if k != stride or pad or size % k:
+        return row + " |"
+    # windows that do not overlap: a reshape and a transpose put each window on the last axis, ArgMax picks
+    # its first maximum, a one-hot mask routes the relevance, the inverse transpose puts it back
+    windows = _session([
+        helper.make_node("Reshape", ["x", "spread"], ["x6"]),
+        helper.make_node("Transpose", ["x6"], ["xt"], perm=[0, 1, 2, 4, 3, 5]),
+        helper.make_node("Reshape", ["xt", "lined"], ["xl"]),
+        helper.make_node("ArgMax", ["xl"], ["winner"], axis=4, keepdims=1),
+        helper.make_node("Equal", ["winner", "offsets"], ["won"]),
+        helper.make_node("Unsqueeze", ["r", "last"], ["r5"]),
+        helper.make_node("Where", ["won", "r5", "zero"], ["routed"]),
+        helper.make_node("Reshape", ["routed", "unlined"], ["rt"]),
+        helper.make_node("Transpose", ["rt"], ["r6"], perm=[0, 1, 2, 4, 3, 5]),
+        helper.make_node("Reshape", ["r6", "shape"], ["out"])],
+        {"spread": _ints([n, channels, out_size, k, out_size, k]), "lined": _ints([n, channels, out_size, out_size, k * k]),
+         "offsets": _ints(np.arange(k * k)), "last": _ints([4]), "zero": np.float32(0),
+         "unlined": _ints([n, channels, out_size, out_size, k, k]), "shape": _ints(x.shape)}, feeds)
+    return row + f" {_ms(windows, repeats):.2f} ({_same(windows(), emitted())}) |"
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> str:
+    return "equal" if np.array_equal(a, b) else f"DIFFERENT by {np.abs(a - b).max():.1e}"
 
 
 def main() -> None:
@@ -174,8 +198,9 @@ def main() -> None:
                       (512, 512, 3, 2, 1, 7, 14), (512, 256, 1, 2, 0, 28, 56), (1024, 512, 1, 2, 0, 14, 28),
                       (2048, 1024, 1, 2, 0, 7, 14)]:
             print(strided_transposes(n, *shape, args.repeats), flush=True)
-    print("\n| max-pool routing | batch | MaxPool indices + scatter | without indices |")
-    print("|---|---:|---:|---:|")
+    print("\n| max-pool routing | batch | MaxPool indices + scatter | strided windows + ArgMax | "
+          "windows by transpose + ArgMax |")
+    print("|---|---:|---:|---:|---:|")
     for n in args.batches:
         for shape in [(64, 112, 3, 2, 1), (64, 224, 2, 2, 0), (512, 14, 2, 2, 0)]:
             print(max_pool_routing(n, *shape, args.repeats), flush=True)

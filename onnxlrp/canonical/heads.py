@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from .names import unique_name
+from .shapes import without_weights
 
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
 HEAD_AXIS = 1
@@ -54,9 +55,9 @@ def split_attention_heads(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
     """Every tensor's dims (ints, or names for symbolic ones) as onnxruntime's symbolic shape inference finds
-    them; {} where it fails."""
+    them (on the model without its weights' bytes); {} where it fails."""
     try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        inferred = SymbolicShapeInference.infer_shapes(without_weights(model), auto_merge=True)
     except Exception:  # noqa: BLE001 - an op it does not know: no split, the explainer works without
         return {}
     if inferred is None:

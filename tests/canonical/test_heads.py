@@ -84,6 +84,13 @@ def test_what_is_not_an_attention_stays_whole(why, normalise, probabilities):
     assert split_attention_heads(model) is model, why
 
 
+def test_an_attention_whose_head_count_is_unknown_stays_whole():
+    """An op onnxruntime's symbolic shape inference does not know upstream of Q: no head count, no split."""
+    text = _attention().replace('opset_import: ["" : 17]', 'opset_import: ["" : 17, "custom" : 1]')
+    model = onnx.parser.parse_model(text.replace("q = MatMul(x, wq)", "p0 = MatMul(x, wq)\n    q = custom.Mystery(p0)"))
+    assert split_attention_heads(model) is model
+
+
 def test_the_low_memory_form_explains_the_split_attention_as_the_default_form():
     """memory="low" splits the heads, the default form does not: the same logits and relevance."""
     model = onnx.parser.parse_model(_attention())
