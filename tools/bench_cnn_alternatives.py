@@ -84,8 +84,9 @@ def strided_transposes(n: int, out_c: int, in_c: int, k: int, stride: int, pad: 
     w = rng.normal(size=(out_c, in_c, k, k)).astype(np.float32)
     s = {"s": rng.normal(size=(n, out_c, out_size, out_size)).astype(np.float32)}
     extra = in_size - (stride * (out_size - 1) + k - 2 * pad)
-    emitted = _session([helper.make_node("ConvTranspose", ["s", "w"], ["out"], kernel_shape=[k, k], strides=[stride] * 2,
-                                         pads=[pad] * 4, output_padding=[extra] * 2)], {"w": w}, s)
+    emitted = _session([helper.make_node("ConvTranspose", ["s", "w"], ["out"], kernel_shape=[k, k],
+                                         strides=[stride] * 2, pads=[pad] * 4, output_padding=[extra] * 2)],
+                       {"w": w}, s)
     phased, first, size = polyphase_weight(w, stride, pad)
     phases = -(-in_size // stride)
     end_pad = max(0, phases - out_size + first + size - 1)
@@ -172,7 +173,8 @@ def max_pool_routing(n: int, channels: int, size: int, k: int, stride: int, pad:
         helper.make_node("Reshape", ["routed", "unlined"], ["rt"]),
         helper.make_node("Transpose", ["rt"], ["r6"], perm=[0, 1, 2, 4, 3, 5]),
         helper.make_node("Reshape", ["r6", "shape"], ["out"])],
-        {"spread": _ints([n, channels, out_size, k, out_size, k]), "lined": _ints([n, channels, out_size, out_size, k * k]),
+        {"spread": _ints([n, channels, out_size, k, out_size, k]),
+         "lined": _ints([n, channels, out_size, out_size, k * k]),
          "offsets": _ints(np.arange(k * k)), "last": _ints([4]), "zero": np.float32(0),
          "unlined": _ints([n, channels, out_size, out_size, k, k]), "shape": _ints(x.shape)}, feeds)
     return row + f" {_ms(windows, repeats):.2f} ({_same(windows(), emitted())}) |"

@@ -66,9 +66,9 @@ def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
 
 
 def everything_but_norm_statistics(fwd, analysis) -> set[str]:
-    """What the default form keeps: the inputs and every forward tensor but the statistics of decomposed norms (the square,
-    its mean, + eps, the root and its reciprocal), which the relevance pass recomputes (the module's
-    docstring)."""
+    """What the default form keeps: the inputs and every forward tensor but the statistics of decomposed norms
+    (the square, its mean, + eps, the root and its reciprocal), which the relevance pass recomputes (the
+    module's docstring)."""
     statistics = set()
     for sigma in analysis.sigmas:   # Sqrt(ReduceMean(square) [+ eps]), as analysis.normalisers found them
         statistics.add(sigma)
