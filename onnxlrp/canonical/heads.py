@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from .names import unique_name
 from .shapes import without_weights
@@ -58,9 +57,10 @@ def split_attention_heads(model: onnx.ModelProto) -> onnx.ModelProto:
 def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
     """Every tensor's dims (ints, or names for symbolic ones) as onnxruntime's symbolic shape inference finds
     them (on the model without its weights' bytes); {} where it fails."""
-    try:
+    try:   # imported here: it needs sympy, a dependency that an install without dependencies may lack
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
         inferred = SymbolicShapeInference.infer_shapes(without_weights(model), auto_merge=True)
-    except Exception:  # noqa: BLE001 - an op it does not know: no split, the explainer works without
+    except Exception:  # noqa: BLE001 - sympy missing, an op it does not know: no split, and the form still works
         return {}
     if inferred is None:
         return {}

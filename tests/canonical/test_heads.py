@@ -91,6 +91,26 @@ def test_an_attention_whose_head_count_is_unknown_stays_whole():
     assert split_attention_heads(model) is model
 
 
+def test_without_sympy_nothing_is_split_and_the_low_form_still_explains(tmp_path):
+    """onnxruntime's symbolic shape inference needs sympy (a dependency of onnxlrp, but not of onnxruntime): where
+    it is missing, onnxlrp still imports and the low form explains, with the attention whole."""
+    import subprocess
+    import sys
+    path = tmp_path / "attention.onnx"
+    onnx.save(onnx.parser.parse_model(_attention()), path)
+    script = (f"import sys; sys.modules['sympy'] = None\n"
+              f"import numpy as np\nfrom onnxlrp import Explainer\n"
+              f"from onnxlrp.compiler import compile_explainer\n"
+              f"compiled = compile_explainer({str(path)!r}, composite='attn_lrp', memory='low')\n"
+              f"print(sum(n.op_type == 'Softmax' and not n.name.startswith('lrp/') and 'recomputed' not in n.name\n"
+              f"          for n in compiled.model.graph.node))\n"
+              f"x = np.ones((1, 6, 8), np.float32)\n"
+              f"print(np.isfinite(Explainer({str(path)!r}, composite='attn_lrp', memory='low').explain(x).relevance).all())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True"]
+
+
 def test_the_low_memory_form_explains_the_split_attention_as_the_default_form():
     """memory="low" splits the heads, the default form does not: the same logits and relevance."""
     model = onnx.parser.parse_model(_attention())
