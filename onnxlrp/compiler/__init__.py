@@ -143,7 +143,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
 
     relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
     kept = (checkpoints(fwd, analysis, {v.name for v in canonical.model.graph.output}) if memory == "low"
-            else everything_but_norm_statistics(fwd, analysis))
+            else everything_but_norm_statistics(fwd, analysis, forward_nodes))
     relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
                                         lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
                                         lambda name: dims_signature(fwd, name))

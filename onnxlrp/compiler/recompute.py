@@ -65,10 +65,10 @@ def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
     return (produced - depends) | sources | joins | kept_outputs
 
 
-def everything_but_norm_statistics(fwd, analysis) -> set[str]:
-    """What the default form keeps: the inputs and every forward tensor but the statistics of decomposed norms
-    (the square, its mean, + eps, the root and its reciprocal), which the relevance pass recomputes (the
-    module's docstring)."""
+def everything_but_norm_statistics(fwd, analysis, forward_nodes: list[onnx.NodeProto]) -> set[str]:
+    """What the default form keeps: the inputs and every tensor of the forward nodes (with the outputs the walk
+    asked of them, such as MaxPool's indices) but the statistics of decomposed norms (the square, its mean,
+    + eps, the root and its reciprocal), which the relevance pass recomputes (the module's docstring)."""
     statistics = set()
     for sigma in analysis.sigmas:   # Sqrt(ReduceMean(square) [+ eps]), as analysis.normalisers found them
         statistics.add(sigma)
@@ -85,7 +85,7 @@ def everything_but_norm_statistics(fwd, analysis) -> set[str]:
             if consumer.op_type == "Reciprocal" or (consumer.op_type == "Div" and consumer.input[1] == sigma
                                                     and fwd.const(consumer.input[0]) is not None):
                 statistics.add(consumer.output[0])
-    return ({o for node in fwd.nodes for o in node.output if o} | set(fwd.input_names)) - statistics
+    return ({o for node in forward_nodes for o in node.output if o} | set(fwd.input_names)) - statistics
 
 
 def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list[onnx.NodeProto],

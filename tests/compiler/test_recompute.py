@@ -159,6 +159,34 @@ def test_a_norm_is_fused_in_the_forward_as_in_inference(memory, tmp_path):
     np.testing.assert_array_equal(result.relevance, other.relevance)
 
 
+POOL_AND_NORM = """
+<ir_version: 9, opset_import: ["" : 17]>
+pool_and_norm (float[N, 1, 4, 4] x) => (float[N, 3] logits)
+<float[2, 1, 3, 3] w = {0.3, -0.2, 0.5, 0.1, -0.4, 0.2, 0.6, 0.3, -0.1, 0.2, 0.4, -0.5, -0.3, 0.1, 0.2, 0.5, -0.2,
+ 0.3}, float[8] scale = {1.0, 0.9, 1.1, 1.2, 0.8, 1.0, 0.7, 1.3}, float[8] shift = {0.1, 0.0, -0.1, 0.2, 0.0, 0.1,
+ -0.2, 0.0}, float[8, 3] w2 = {0.5, -0.3, 0.2, 0.1, 0.4, -0.2, -0.3, 0.2, 0.6, 0.2, 0.1, -0.4, 0.3, -0.1, 0.2, 0.5,
+ 0.1, -0.2, -0.4, 0.3, 0.1, 0.2, -0.5, 0.4}>
+{
+    c = Conv <pads = [1, 1, 1, 1]> (x, w)
+    a = Relu(c)
+    p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (a)
+    f = Flatten(p)
+    n = LayerNormalization <axis = -1> (f, scale, shift)
+    logits = MatMul(n, w2)
+}
+"""
+
+
+def test_the_default_form_recomputes_nothing_it_can_keep():
+    """Outputs the walk asks of forward nodes (MaxPool's indices, LayerNormalization's 1 / sigma) are kept, as
+    every forward tensor but a decomposed norm's statistics is: no copy of a forward node in the default form
+    (the MaxPool and the LayerNormalization were copied, run twice, by the first version of that rule)."""
+    compiled = compile_explainer(onnx.parser.parse_model(POOL_AND_NORM), composite="epsilon_plus_flat")
+    assert not [n.name for n in compiled.model.graph.node if n.name.endswith(RECOMPUTED)]
+    low = compile_explainer(onnx.parser.parse_model(POOL_AND_NORM), composite="epsilon_plus_flat", memory="low")
+    assert [n.op_type for n in low.model.graph.node if n.name.endswith(RECOMPUTED)]
+
+
 def test_an_unknown_memory_form_is_refused():
     with pytest.raises(ValueError, match="memory form 'tiny'.*default, low"):
         Explainer(onnx.parser.parse_model(RESIDUAL), memory="tiny")
