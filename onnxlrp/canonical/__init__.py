@@ -21,7 +21,7 @@ from .identity import remove_identities
 from .logits import find_logits
 from .pads import explicit_pads, fold_pad_into_conv
 from .quantized import quantized_spans
-from .shapes import ShapeInferenceError, infer_shapes, without_weights
+from .shapes import ShapeInferenceError, exported, infer_shapes, without_weights
 from .versions import normalise_versions
 
 
@@ -65,7 +65,7 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str], split
     if fold_batchnorm(graph):
         fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    model = infer_shapes(_export(graph, model.ir_version))
+    model = infer_shapes(exported(graph, model.ir_version))
     if split_heads:
         model = infer_shapes(split_attention_heads(model))
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names, batch=batch)
@@ -81,13 +81,6 @@ def fold_until_stable(model: onnx.ModelProto, rounds: int = 32) -> onnx.ModelPro
         fold_constants(graph)
         if len(graph.nodes) == before:
             return model      # nothing folded: no export (a copy of every weight)
-        model = _export(graph, model.ir_version)
+        model = exported(graph, model.ir_version)
     return infer_shapes(model)
 
-
-def _export(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
-    """The graph as a model of the given IR version, without the value_info the rewrites made stale."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = ir_version
-    del model.graph.value_info[:]
-    return model

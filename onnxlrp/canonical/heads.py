@@ -27,7 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .names import unique_name
-from .shapes import without_weights
+from .shapes import exported, without_weights
 
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
 HEAD_AXIS = 1
@@ -46,12 +46,9 @@ def split_attention_heads(model: onnx.ModelProto) -> onnx.ModelProto:
     if not attentions:
         return model
     for attention in attentions:
-        _split(graph, *attention)
+        _split(graph, dims, *attention)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    split = gs.export_onnx(graph, do_type_check=False)
-    split.ir_version = model.ir_version
-    del split.graph.value_info[:]
-    return split
+    return exported(graph, model.ir_version)
 
 
 def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
@@ -88,7 +85,7 @@ def _single_use(tensor: gs.Variable, graph_outputs: set) -> bool:
 
 def _attention(softmax: gs.Node, dims: dict, outputs: set):
     """(scores MatMul, [(element-wise op, its input along the chain)] from the scores to the Softmax, [Softmax,
-    Casts after it], output MatMul, heads, dims) or None."""
+    Casts after it], output MatMul, heads) or None."""
     scores = softmax.inputs[0]
     heads = _heads(scores, dims)
     if heads is None or heads < 2 or int(softmax.attrs.get("axis", -1)) not in (-1, 3):
@@ -122,7 +119,7 @@ def _attention(softmax: gs.Node, dims: dict, outputs: set):
     if not all(_per_head_operand(t, heads, dims) and _heads(t, dims) is not None
                for t in matmul.inputs + output.inputs[1:]):
         return None
-    return matmul, chain[::-1], [softmax] + casts, output, heads, dims
+    return matmul, chain[::-1], [softmax] + casts, output, heads
 
 
 def _per_head_operand(tensor, heads: int, dims: dict) -> bool:
@@ -135,8 +132,8 @@ def _per_head_operand(tensor, heads: int, dims: dict) -> bool:
     return len(shape) == 4 and shape[HEAD_AXIS] in (1, heads)
 
 
-def _split(graph: gs.Graph, matmul: gs.Node, chain: list, normalise: list, output: gs.Node, heads: int,
-           dims: dict) -> None:
+def _split(graph: gs.Graph, dims: dict, matmul: gs.Node, chain: list, normalise: list, output: gs.Node,
+           heads: int) -> None:
     parts: dict[int, list] = {}
 
     def per_head(tensor, h: int):

@@ -4,8 +4,17 @@ from __future__ import annotations
 import math
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from .quantized import SPAN_DOMAIN
+
+
+def exported(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
+    """A rewritten graph as a model of the given IR version, without the value_info the rewrites made stale."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = ir_version
+    del model.graph.value_info[:]
+    return model
 
 
 class ShapeInferenceError(Exception):
