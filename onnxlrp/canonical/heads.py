@@ -27,7 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .names import unique_name
-from .shapes import exported, without_weights
+from .shapes import exported, symbolic_dims
 
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
 HEAD_AXIS = 1
@@ -36,7 +36,7 @@ HEAD_AXIS = 1
 def split_attention_heads(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every attention found split per head (the module's docstring); the model itself where
     there is none."""
-    dims = _symbolic_dims(model)
+    dims = symbolic_dims(model)
     if not dims:
         return model
     graph = gs.import_onnx(model)
@@ -49,21 +49,6 @@ def split_attention_heads(model: onnx.ModelProto) -> onnx.ModelProto:
         _split(graph, dims, *attention)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return exported(graph, model.ir_version)
-
-
-def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
-    """Every tensor's dims (ints, or names for symbolic ones) as onnxruntime's symbolic shape inference finds
-    them (on the model without its weights' bytes); {} where it fails."""
-    try:   # imported here: it needs sympy, a dependency that an install without dependencies may lack
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-        inferred = SymbolicShapeInference.infer_shapes(without_weights(model), auto_merge=True)
-    except Exception:  # noqa: BLE001 - sympy missing, an op it does not know: no split, and the form still works
-        return {}
-    if inferred is None:
-        return {}
-    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
-            for v in values if v.type.tensor_type.HasField("shape")}
 
 
 def _shape(tensor, dims: dict) -> list | None:

@@ -17,6 +17,22 @@ def exported(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
     return model
 
 
+def symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Every tensor's dims (ints, or names for symbolic ones) as onnxruntime's symbolic shape inference finds
+    them (on the model without its weights' bytes): it follows an export's computed reshapes, where ONNX's own
+    inference leaves dims unknown. {} where it fails."""
+    try:   # imported here: it needs sympy, a dependency that an install without dependencies may lack
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        inferred = SymbolicShapeInference.infer_shapes(without_weights(model), auto_merge=True)
+    except Exception:  # noqa: BLE001 - sympy missing, an op it does not know: no dims, callers do without
+        return {}
+    if inferred is None:
+        return {}
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in values if v.type.tensor_type.HasField("shape")}
+
+
 class ShapeInferenceError(Exception):
     """onnx's strict shape inference refused the graph (the first line of what it said)."""
 

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from .. import composites as composites_module
 from ..canonical import canonicalize
 from ..canonical.batch import BATCH_DIM
+from ..canonical.shapes import symbolic_dims
 from ..composites import Composite
 from ..conditions import ConceptLayers
 from ..contrastive import contrastive_relevance
@@ -99,7 +100,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     forward_nodes = [_copy(n) for n in fwd.nodes]
     walk = Walk(b, analysis, composite, {n.name: n for n in forward_nodes}, crp, opset, contrastive,
                 record_layers=layer_sums or layer_relevances, batch_fixed=canonical.batch is not None,
-                support=support)
+                support=support, tie_operands=memory == "low")
     walked = walk.run(start.signal)
 
     batched = with_dynamic_batch if canonical.batch is None else (lambda value: value)
@@ -146,7 +147,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             else everything_but_norm_statistics(fwd, analysis, forward_nodes))
     relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
                                         lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
-                                        lambda name: dims_signature(fwd, name))
+                                        _dims_signature(fwd, canonical.model, memory))
     explainer = explainer_model(canonical.model, forward_nodes + relevance_nodes,
                                 [batched(v) for v in canonical.model.graph.input] + start.inputs
                                 + crp.inputs, graph_outputs, b.initializers)
@@ -164,6 +165,17 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
 
 
 MEMORY_FORMS = ("default", "low")
+
+
+def _dims_signature(fwd: ForwardGraph, model: onnx.ModelProto, memory: str):
+    """name -> the tensor's dims, ints and symbolic names, or None: for the low form from onnxruntime's symbolic
+    shape inference, which knows the dims of an export's computed reshapes (the recomputation reads more
+    shapes off kept tensors then), where it succeeds; else from the model's value_info."""
+    symbolic = symbolic_dims(model) if memory == "low" else {}
+    if not symbolic:
+        return lambda name: dims_signature(fwd, name)
+    return lambda name: (tuple(symbolic[name]) if name in symbolic and all(isinstance(d, int) or d
+                                                                           for d in symbolic[name]) else None)
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:

@@ -5,7 +5,9 @@ By default an explainer keeps every forward tensor its relevance nodes read unti
 them: for a decoder, every layer's attention scores and probabilities ([heads, seq, seq] each), so memory
 grows with layers x seq^2. Here the forward keeps only checkpoints:
   - the explained tensors (token embeddings, images) and the model's outputs;
-  - what does not depend on them (attention masks, rotary tables, constants): computed once, shared;
+  - what does not depend on their values and reaches more than one block (attention masks and rotary tables,
+    even where they are computed from the explained tensor's shape): computed once, shared; what reaches one
+    block only (a layer's slice of the mask) is recomputed there;
   - the outputs of residual joins (kind "join"): one or two per transformer block, [seq, hidden] each.
 Every other forward tensor a relevance node reads is computed again inside the relevance graph (where it
 reads only the shape, the shape of a kept tensor of the same dims is read instead), from the nearest
@@ -59,10 +61,35 @@ def dims_signature(fwd, name: str) -> tuple | None:
 def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
     """The forward tensors the low-memory explainer keeps (the module's docstring)."""
     sources = set(analysis.all_sources)
-    depends = fwd.descendants(list(sources))
+    depends = set(sources)   # on their values: a causal mask built from their shape alone is computed once
+    for node in fwd.nodes:
+        if node.op_type not in SHAPE_READS and any(i in depends for i in node.input if i):
+            depends.update(o for o in node.output if o)
     produced = {o for node in fwd.nodes for o in node.output if o}
     joins = {node.output[0] for node in fwd.nodes if analysis.kinds.get(node.name) == "join"}
-    return (produced - depends) | sources | joins | kept_outputs
+    return _shared_between_blocks(fwd, depends, joins) | sources | joins | kept_outputs
+
+
+def _shared_between_blocks(fwd, depends: set[str], joins: set[str]) -> set[str]:
+    """Of the tensors that do not depend on the sources' values, those that reach the computation of more than
+    one block (between residual joins): a mask that every layer slices. A tensor that reaches one block only
+    (that layer's slice of the mask) is recomputed in it from the shared one."""
+    block: dict[str, int] = {}   # dependent tensor -> how many joins precede it
+    for node in fwd.nodes:
+        if any(o in depends for o in node.output if o):
+            depth = max((block.get(i, 0) for i in node.input if i in depends), default=0)
+            depth += any(o in joins for o in node.output)
+            block.update((o, depth) for o in node.output if o)
+    reaches: dict[str, set[int]] = {}   # independent tensor -> the blocks whose computation reads it
+    for node in reversed(fwd.nodes):
+        if any(o in depends for o in node.output if o):
+            found = {max(block[o] for o in node.output if o in block)}
+        else:
+            found = set().union(*(reaches.get(o, set()) for o in node.output if o))
+        for name in node.input:
+            if name and name not in depends:
+                reaches.setdefault(name, set()).update(found)
+    return {name for name, blocks in reaches.items() if len(blocks) > 1 and fwd.producer.get(name) is not None}
 
 
 def everything_but_norm_statistics(fwd, analysis, forward_nodes: list[onnx.NodeProto]) -> set[str]:
@@ -99,10 +126,15 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
     (None where one is unknown)."""
     producer = {o: node for node in forward_nodes for o in node.output if o}
     kept_like: dict[tuple, str] = {}   # a shape, with its symbolic dims -> a kept tensor of that shape
-    for name in keep:
+    kept_axis: dict[str, tuple[str, int]] = {}   # a symbolic dim -> (a kept tensor, its axis of that size)
+    for name in sorted(keep, key=lambda name: (name in producer, name)):   # graph inputs first: alive throughout
         dims = signature(name)
         if dims is not None:
             kept_like.setdefault(dims, name)
+            for axis, dim in enumerate(dims):
+                if isinstance(dim, str):
+                    kept_axis.setdefault(dim, (name, axis))
+    dim_reads: dict[object, str] = {}
     copies: dict[str, str] = {}    # forward tensor -> its recomputed copy
     gates: dict[tuple[str, str], str] = {}
     zeros: dict[str, str] = {}     # signal -> 0 * one of its elements
@@ -162,8 +194,31 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
             same = kept_like.get(signature(node.input[0]))
             if same is not None:   # a kept tensor of the same shape: no copy just for a shape
                 node.input[0] = same
+            elif (dims := _read_dims(node, signature(node.input[0]))) is not None \
+                    and all(isinstance(d, int) or d in kept_axis for d in dims):
+                # its dims read off kept tensors that have them (a symbolic dim names one size)
+                parts = [b.ints([d]) if isinstance(d, int) else dim_reads.get(d) or dim_reads.setdefault(
+                    d, emit("Shape", [kept_axis[d][0]], f"{node.name}/dim/{d}", start=kept_axis[d][1],
+                            end=kept_axis[d][1] + 1)) for d in dims]
+                if node.op_type == "Shape":
+                    result.append(helper.make_node("Concat", parts, list(node.output), name=node.name, axis=0))
+                else:   # Size: the product of the dims
+                    dims_read = emit("Concat", parts, f"{node.name}/dims", axis=0)
+                    result.append(helper.make_node("ReduceProd", [dims_read], list(node.output), name=node.name,
+                                                   keepdims=0))
+                continue
         for k, name in enumerate(node.input):
             if name and name in producer and name not in keep:
                 node.input[k] = recomputed(name, signal)
         result.append(node)
     return result
+
+
+def _read_dims(shape_node: onnx.NodeProto, dims: tuple | None) -> list | None:
+    """The dims a Shape node reads of a tensor of `dims` (its start and end attributes applied; a Size node: all)."""
+    if dims is None:
+        return None
+    if shape_node.op_type == "Size":
+        return list(dims)
+    attrs = {a.name: helper.get_attribute_value(a) for a in shape_node.attribute}
+    return list(dims[attrs.get("start", 0):attrs.get("end", len(dims))])

@@ -71,8 +71,9 @@ def strategy(family: Family | None, rule, kind: str | None, form: str, block: bo
 class Walk:
     def __init__(self, b: Builder, analysis: Analysis, composite, forward_nodes: dict[str, onnx.NodeProto],
                  crp, opset: int, contrastive=None, record_layers: bool = False, batch_fixed: bool = False,
-                 support: tuple[int, int, int] | None = None):
+                 support: tuple[int, int, int] | None = None, tie_operands: bool = False):
         self.b, self.analysis, self.crp, self.opset = b, analysis, crp, opset
+        self.tie_operands = tie_operands
         self.batch_fixed = batch_fixed
         self.support = support   # where the start can be non-zero, along one axis of the explained output
         self.form = GRADIENT if composite.form == "gradient" else RELEVANCE
@@ -96,6 +97,8 @@ class Walk:
                 continue
             b.set_scope(node.name)
             sent = self._send(node, signals, walked, is_contrastive)
+            if self.tie_operands and analysis.kinds.get(node.name) == "bilinear":
+                sent = self._tied(sent)
             for name, signal in zip(self._targets(node), sent):
                 if signal is not None:
                     received.setdefault(name, []).append(signal)
@@ -153,6 +156,20 @@ class Walk:
             if sent is None:   # the rule's general relevance form
                 sent = self._generic(ctx, family, rule, share)
         return self._record(node, [Signal(s, RELEVANCE) if s else None for s in sent], walked)
+
+    def _tied(self, sent: list[Signal | None]) -> list[Signal | None]:
+        """A product's signals to its two operands, the first made to depend on the second (+ 0 * one of its
+        elements, exact): onnxruntime, which runs what an output needs depth first, then computes both while the
+        tensors they read (one head's [queries, keys] probabilities) are at hand, and not the second only when
+        it has run every head's first (the bounded-memory form)."""
+        signals = [s for s in sent if s is not None]
+        if len(signals) < 2 or len({s.name for s in signals}) < 2:
+            return sent
+        b, first = self.b, signals[0]
+        for other in signals[1:]:
+            element = b.op("Slice", [b.op("Reshape", [other.name, b.ints([-1])]), b.ints([0]), b.ints([1])])
+            first = Signal(b.op("Add", [first.name, b.op("Mul", [element, b.scalar(0.0)])], hint="tied"), first.form)
+        return [first if s is signals[0] else s for s in sent]
 
     def _scaled(self, tensor: str, share: float) -> str:
         return tensor if share == 1.0 else self.b.op("Mul", [tensor, self.b.scalar(share)], hint="uniform")

@@ -190,3 +190,109 @@ def test_the_default_form_recomputes_nothing_it_can_keep():
 def test_an_unknown_memory_form_is_refused():
     with pytest.raises(ValueError, match="memory form 'tiny'.*default, low"):
         Explainer(onnx.parser.parse_model(RESIDUAL), memory="tiny")
+
+
+_DRNG = np.random.default_rng(3)
+
+
+def _block(h: str, k: int) -> str:
+    """One attention block over the sequence, as torch.onnx writes a decoder's (two heads of width 4, computed
+    reshapes, the layer's slice of a causal mask built from the input's shape) and its residual join."""
+    return f"""
+    q{k} = MatMul({h}, wq)
+    k{k} = MatMul({h}, wk)
+    v{k} = MatMul({h}, wv)
+    qh{k} = Reshape(q{k}, heads)
+    kh{k} = Reshape(k{k}, heads)
+    vh{k} = Reshape(v{k}, heads)
+    qt{k} = Transpose <perm = [0, 2, 1, 3]> (qh{k})
+    kt{k} = Transpose <perm = [0, 2, 3, 1]> (kh{k})
+    vt{k} = Transpose <perm = [0, 2, 1, 3]> (vh{k})
+    scores{k} = MatMul(qt{k}, kt{k})
+    scaled{k} = Mul(scores{k}, half)
+    mask{k} = Slice(mask, zero, length, three)
+    masked{k} = Add(scaled{k}, mask{k})
+    p{k} = Softmax <axis = -1> (masked{k})
+    o{k} = MatMul(p{k}, vt{k})
+    ot{k} = Transpose <perm = [0, 2, 1, 3]> (o{k})
+    om{k} = Reshape(ot{k}, merged)
+    out{k} = MatMul(om{k}, wo)
+    r{k} = Add({h}, out{k})"""
+
+
+# two blocks over a sequence of any length
+DECODER = f"""
+<ir_version: 9, opset_import: ["" : 17]>
+decoder (float[N, S, 8] x) => (float[N, 3] logits)
+<float[8, 8] wq = {{{_values(_DRNG, 8, 8)}}}, float[8, 8] wk = {{{_values(_DRNG, 8, 8)}}},
+ float[8, 8] wv = {{{_values(_DRNG, 8, 8)}}}, float[8, 8] wo = {{{_values(_DRNG, 8, 8)}}},
+ float[8, 3] w2 = {{{_values(_DRNG, 8, 3)}}}, int64[4] heads = {{0, -1, 2, 4}}, int64[3] merged = {{0, -1, 8}},
+ float half = {{0.5}}, float minus = {{-1e9}}, int64[2] ones = {{1, 1}}, int64 diagonal = {{1}},
+ int64[1] zero = {{0}}, int64[1] three = {{3}}>
+{{
+    length = Shape <start = 1, end = 2> (x)
+    square = Concat <axis = 0> (ones, length, length)
+    filled = ConstantOfShape <value = float[1] {{1.0}}> (square)
+    above = Trilu <upper = 1> (filled, diagonal)
+    mask = Mul(above, minus)
+    {_block("x", 1)}
+    {_block("r1", 2)}
+    pooled = ReduceMean <axes = [1], keepdims = 0> (r2)
+    logits = MatMul(pooled, w2)
+}}
+"""
+
+
+def test_a_decoder_of_any_length_is_explained_alike_in_both_forms():
+    model = onnx.parser.parse_model(DECODER)
+    x = np.random.default_rng(4).normal(size=(2, 7, 8)).astype(np.float32)
+    default, low = (_relevances(model, "attn_lrp", x, memory) for memory in ("default", "low"))
+    np.testing.assert_array_equal(low.outputs[0], default.outputs[0])
+    np.testing.assert_allclose(low.relevance, default.relevance, rtol=1e-5, atol=1e-6 * np.abs(default.relevance).max())
+
+
+def test_a_mask_built_from_the_inputs_shape_is_computed_once():
+    """The causal mask depends on the input's shape, not on its values: the forward computes it once and keeps
+    it; each layer's slice of it (read by one block) is recomputed in the relevance pass. Before, the mask
+    counted as computed from the input and the relevance pass built it again, with its temporaries (torch's
+    ScatterND-built mask: 512 MB of int64 indices at 4096 tokens)."""
+    low = compile_explainer(onnx.parser.parse_model(DECODER), composite="attn_lrp", memory="low")
+    copied = {n.op_type for n in low.model.graph.node if n.name.endswith(RECOMPUTED)}
+    assert "Slice" in copied
+    assert not copied & {"ConstantOfShape", "Trilu"}
+
+
+def test_shape_reads_are_taken_off_kept_tensors():
+    """A relevance node that reads only a shape (a Reshape sent back needs its input's) reads dims of kept
+    tensors that have them (onnxruntime's symbolic shape inference names them), instead of making the relevance
+    pass recompute the tensor early, with every head's probabilities, just for its shape."""
+    low = compile_explainer(onnx.parser.parse_model(DECODER), composite="attn_lrp", memory="low")
+    shape_reads = [n.input[0] for n in low.model.graph.node if n.op_type in ("Shape", "Size")]
+    assert shape_reads and not [name for name in shape_reads if name.endswith(RECOMPUTED)]
+
+
+def test_the_relevance_pass_holds_one_heads_probabilities_at_a_time(tmp_path):
+    """In onnxruntime's order (default, all optimisations), each head's recomputed probabilities are dead before
+    the next head's are computed: an attention's relevance holds one head's [queries, keys] tensors at a time.
+    Without the signals of a product tied together, the relevance to K and V ran after every head's relevance
+    to Q, with every head's probabilities held until then."""
+    compiled = compile_explainer(onnx.parser.parse_model(DECODER), composite="attn_lrp", memory="low")
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).normal(size=(1, 7, 8)).astype(np.float32)
+    session.run(None, {"x": x, compiled.target_input: np.array([0])})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    order = {e["name"][:-len("_kernel_time")]: k for k, e in enumerate(
+        e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))}
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    alive = []
+    for node in nodes:
+        if node.op_type == "Softmax" and node.name.endswith(RECOMPUTED):
+            last = max(order[n.name] for n in nodes if node.output[0] in n.input)
+            alive.append((order[node.name], last))
+    assert len(alive) == 4   # two blocks, two heads
+    alive.sort()
+    assert all(after[0] > before[1] for before, after in zip(alive, alive[1:])), alive
