@@ -4,7 +4,7 @@ Each rewrite is one module; `canonicalize` runs them in order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -31,6 +31,7 @@ class CanonicalModel:
     logits: str             # name of the tensor the explanation starts from
     output_names: list[str]  # the original model's outputs, in order
     batch: int | None = None  # None: a dynamic batch; else the batch size the model is fixed to
+    head_splits: list[list[str]] = field(default_factory=list)   # split_heads: per attention, its Split nodes
 
 
 def canonicalize(model: onnx.ModelProto, output: int | str | None = None, split_heads: bool = False) -> CanonicalModel:
@@ -66,9 +67,12 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str], split
         fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = infer_shapes(exported(graph, model.ir_version))
+    head_splits = []
     if split_heads:
-        model = infer_shapes(split_attention_heads(model))
-    return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names, batch=batch)
+        model, head_splits = split_attention_heads(model)
+        model = infer_shapes(model)
+    return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names, batch=batch,
+                          head_splits=head_splits)
 
 
 def fold_until_stable(model: onnx.ModelProto, rounds: int = 32) -> onnx.ModelProto:

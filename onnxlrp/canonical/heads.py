@@ -33,22 +33,22 @@ ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
 HEAD_AXIS = 1
 
 
-def split_attention_heads(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every attention found split per head (the module's docstring); the model itself where
+def split_attention_heads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[list[str]]]:
+    """The model with every attention found split per head (the module's docstring), and per attention the
+    names of the Split nodes that cut its operands (output h of each: head h's); the model itself and [] where
     there is none."""
     dims = symbolic_dims(model)
     if not dims:
-        return model
+        return model, []
     graph = gs.import_onnx(model)
     outputs = {t.name for t in graph.outputs}
     attentions = [found for node in graph.nodes
                   if node.op == "Softmax" and (found := _attention(node, dims, outputs))]
     if not attentions:
-        return model
-    for attention in attentions:
-        _split(graph, dims, *attention)
+        return model, []
+    splits = [_split(graph, dims, *attention) for attention in attentions]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return exported(graph, model.ir_version)
+    return exported(graph, model.ir_version), splits
 
 
 def _shape(tensor, dims: dict) -> list | None:
@@ -118,8 +118,10 @@ def _per_head_operand(tensor, heads: int, dims: dict) -> bool:
 
 
 def _split(graph: gs.Graph, dims: dict, matmul: gs.Node, chain: list, normalise: list, output: gs.Node,
-           heads: int) -> None:
+           heads: int) -> list[str]:
+    """The attention split per head; returns the names of the Split nodes it made."""
     parts: dict[int, list] = {}
+    splits: list[str] = []
 
     def per_head(tensor, h: int):
         """Head h's part of an operand: a Split output where it has the heads, else the operand itself."""
@@ -132,6 +134,7 @@ def _split(graph: gs.Graph, dims: dict, matmul: gs.Node, chain: list, normalise:
             sizes = gs.Constant(unique_name(graph, f"{name}/sizes"), np.ones(heads, np.int64))
             graph.nodes.append(gs.Node("Split", name, {"axis": HEAD_AXIS}, inputs=[tensor, sizes], outputs=outputs))
             parts[id(tensor)] = outputs
+            splits.append(name)
         return parts[id(tensor)][h]
 
     def copy(node: gs.Node, h: int, inputs: list) -> gs.Variable:
@@ -152,3 +155,4 @@ def _split(graph: gs.Graph, dims: dict, matmul: gs.Node, chain: list, normalise:
     output.outputs.clear()
     graph.nodes.append(gs.Node("Concat", unique_name(graph, f"{output.name}/heads"), {"axis": HEAD_AXIS},
                                inputs=results, outputs=[joined]))
+    return splits

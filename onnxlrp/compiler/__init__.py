@@ -100,7 +100,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     forward_nodes = [_copy(n) for n in fwd.nodes]
     walk = Walk(b, analysis, composite, {n.name: n for n in forward_nodes}, crp, opset, contrastive,
                 record_layers=layer_sums or layer_relevances, batch_fixed=canonical.batch is not None,
-                support=support, tie_operands=memory == "low")
+                support=support, head_splits=canonical.head_splits)
     walked = walk.run(start.signal)
 
     batched = with_dynamic_batch if canonical.batch is None else (lambda value: value)

@@ -71,9 +71,10 @@ def strategy(family: Family | None, rule, kind: str | None, form: str, block: bo
 class Walk:
     def __init__(self, b: Builder, analysis: Analysis, composite, forward_nodes: dict[str, onnx.NodeProto],
                  crp, opset: int, contrastive=None, record_layers: bool = False, batch_fixed: bool = False,
-                 support: tuple[int, int, int] | None = None, tie_operands: bool = False):
+                 support: tuple[int, int, int] | None = None, head_splits: list[list[str]] = ()):
         self.b, self.analysis, self.crp, self.opset = b, analysis, crp, opset
-        self.tie_operands = tie_operands
+        # an attention split per head (canonical/heads.py): its Split nodes, by the name of each
+        self.head_splits = {name: group for group in head_splits for name in group}
         self.batch_fixed = batch_fixed
         self.support = support   # where the start can be non-zero, along one axis of the explained output
         self.form = GRADIENT if composite.form == "gradient" else RELEVANCE
@@ -89,6 +90,8 @@ class Walk:
         received: dict[str, list[Signal]] = {analysis.logits: [start]} if start else {}
         walked = Walked(received=received)
         for node in reversed(analysis.path):
+            if node.name in self.head_splits:
+                self._tie_heads(self.head_splits[node.name], received)
             signals = [gather(b, received.get(o) if o in sources else received.pop(o, None), o, node.name)
                        if o else None for o in node.output]
             signals = self.crp.apply(b, node, signals, received)
@@ -97,8 +100,6 @@ class Walk:
                 continue
             b.set_scope(node.name)
             sent = self._send(node, signals, walked, is_contrastive)
-            if self.tie_operands and analysis.kinds.get(node.name) == "bilinear":
-                sent = self._tied(sent)
             for name, signal in zip(self._targets(node), sent):
                 if signal is not None:
                     received.setdefault(name, []).append(signal)
@@ -157,19 +158,29 @@ class Walk:
                 sent = self._generic(ctx, family, rule, share)
         return self._record(node, [Signal(s, RELEVANCE) if s else None for s in sent], walked)
 
-    def _tied(self, sent: list[Signal | None]) -> list[Signal | None]:
-        """A product's signals to its two operands, the first made to depend on the second (+ 0 * one of its
-        elements, exact): onnxruntime, which runs what an output needs depth first, then computes both while the
-        tensors they read (one head's [queries, keys] probabilities) are at hand, and not the second only when
-        it has run every head's first (the bounded-memory form)."""
-        signals = [s for s in sent if s is not None]
-        if len(signals) < 2 or len({s.name for s in signals}) < 2:
-            return sent
-        b, first = self.b, signals[0]
-        for other in signals[1:]:
-            element = b.op("Slice", [b.op("Reshape", [other.name, b.ints([-1])]), b.ints([0]), b.ints([1])])
-            first = Signal(b.op("Add", [first.name, b.op("Mul", [element, b.scalar(0.0)])], hint="tied"), first.form)
-        return [first if s is signals[0] else s for s in sent]
+    def _tie_heads(self, splits: list[str], received: dict[str, list[Signal]]) -> None:
+        """The signals at one head's operands of a split attention (its Q, K^T, V), each made to depend on the
+        others (+ 0 * one of their elements, exact). onnxruntime runs what an output needs depth first: reaching
+        one head's signal to Q, it then runs that head's whole relevance (to Q, K and V) while the head's
+        [queries, keys] tensors are at hand, instead of running the relevance to Q of every head before that to
+        K or V, with every head's probabilities held until then. Done once per attention, at the first of its
+        Splits the walk reaches (every head's chain is walked by then)."""
+        for name in splits:
+            self.head_splits.pop(name, None)
+        nodes = [self.forward_nodes[name] for name in splits]
+        for parts in zip(*(node.output for node in nodes)):   # head h: output h of each Split
+            signals = {name: gather(self.b, received.pop(name, None), name, f"{name}/tie") for name in parts}
+            present = {name: s for name, s in signals.items() if s is not None}
+            if len(present) < 2:
+                received.update((name, [s]) for name, s in present.items())
+                continue
+            b = self.b
+            b.set_scope(f"{parts[0]}/tie")
+            zeros = {name: b.op("Mul", [b.op("Slice", [b.op("Reshape", [s.name, b.ints([-1])]), b.ints([0]),
+                                                       b.ints([1])]), b.scalar(0.0)]) for name, s in present.items()}
+            for name, signal in present.items():
+                tied = b.op("Sum", [signal.name] + [zeros[other] for other in present if other != name], hint="tied")
+                received[name] = [Signal(tied, signal.form)]
 
     def _scaled(self, tensor: str, share: float) -> str:
         return tensor if share == 1.0 else self.b.op("Mul", [tensor, self.b.scalar(share)], hint="uniform")

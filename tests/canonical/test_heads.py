@@ -67,7 +67,8 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 def test_each_head_computes_what_the_batched_attention_computed():
     model = onnx.parser.parse_model(_attention())
-    split = split_attention_heads(model)
+    split, splits = split_attention_heads(model)
+    assert len(splits) == 1 and len(splits[0]) == 3
     ops = [n.op_type for n in split.graph.node]
     assert ops.count("Softmax") == 2 and ops.count("Cast") == 2 and ops.count("Split") == 3   # Q, K^T, V
     assert ops.count("Concat") == 1
@@ -81,14 +82,16 @@ def test_each_head_computes_what_the_batched_attention_computed():
 ])
 def test_what_is_not_an_attention_stays_whole(why, normalise, probabilities):
     model = onnx.parser.parse_model(_attention(normalise, probabilities))
-    assert split_attention_heads(model) is model, why
+    split, splits = split_attention_heads(model)
+    assert split is model and not splits, why
 
 
 def test_an_attention_whose_head_count_is_unknown_stays_whole():
     """An op onnxruntime's symbolic shape inference does not know upstream of Q: no head count, no split."""
     text = _attention().replace('opset_import: ["" : 17]', 'opset_import: ["" : 17, "custom" : 1]')
     model = onnx.parser.parse_model(text.replace("q = MatMul(x, wq)", "p0 = MatMul(x, wq)\n    q = custom.Mystery(p0)"))
-    assert split_attention_heads(model) is model
+    split, splits = split_attention_heads(model)
+    assert split is model and not splits
 
 
 def test_without_sympy_nothing_is_split_and_the_low_form_still_explains(tmp_path):

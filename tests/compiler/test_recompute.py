@@ -3,6 +3,7 @@ form, the forward keeps only checkpoints, and onnxruntime runs the recomputed co
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -271,28 +272,42 @@ def test_shape_reads_are_taken_off_kept_tensors():
     assert shape_reads and not [name for name in shape_reads if name.endswith(RECOMPUTED)]
 
 
-def test_the_relevance_pass_holds_one_heads_probabilities_at_a_time(tmp_path):
-    """In onnxruntime's order (default, all optimisations), each head's recomputed probabilities are dead before
-    the next head's are computed: an attention's relevance holds one head's [queries, keys] tensors at a time.
-    Without the signals of a product tied together, the relevance to K and V ran after every head's relevance
-    to Q, with every head's probabilities held until then."""
-    compiled = compile_explainer(onnx.parser.parse_model(DECODER), composite="attn_lrp", memory="low")
+@pytest.mark.parametrize("projections", ["q k v", "v k q"])
+def test_the_relevance_pass_holds_one_heads_probabilities_at_a_time(projections, tmp_path):
+    """In onnxruntime's order (default, all optimisations), the [queries, keys] tensors of one head's relevance
+    (its recomputed scores and probabilities, the softmax rule's) are all dead before the next head's first is
+    computed, whichever projection the model computes first (onnxruntime's order follows the graph's). Without
+    the signals at one head's Q, K and V tied together, the relevance to Q of every head ran before that to K
+    and V, with every head's probabilities held until then (or the other way round)."""
+    text = DECODER
+    if projections == "v k q":   # the projections written in the other order
+        for k in (1, 2):
+            lines = [f"q{k} = MatMul(", f"k{k} = MatMul(", f"v{k} = MatMul("]
+            rows = {line: next(row for row in text.splitlines() if row.strip().startswith(line)) for line in lines}
+            text = text.replace(rows[lines[0]], "@q@").replace(rows[lines[2]], rows[lines[0]]).replace(
+                "@q@", rows[lines[2]])
+    compiled = compile_explainer(onnx.parser.parse_model(text), composite="attn_lrp", memory="low")
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / "profile")
     options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
     session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(4).normal(size=(1, 7, 8)).astype(np.float32)
+    tokens = 7
+    x = np.random.default_rng(4).normal(size=(1, tokens, 8)).astype(np.float32)
     session.run(None, {"x": x, compiled.target_input: np.array([0])})
-    events = json.loads(Path(session.end_profiling()).read_text())
-    order = {e["name"][:-len("_kernel_time")]: k for k, e in enumerate(
-        e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))}
+    events = [e for e in json.loads(Path(session.end_profiling()).read_text())
+              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    order = {e["name"][:-len("_kernel_time")]: k for k, e in enumerate(events)}
+    square = {e["name"][:-len("_kernel_time")] for e in events   # float [1, 1, tokens, tokens] outputs
+              if int(e["args"].get("output_size", 0)) == tokens * tokens * 4}
     nodes = onnx.load(options.optimized_model_filepath).graph.node
-    alive = []
+    relevance_pass = min(order[n.name] for n in nodes if n.name.startswith("lrp/"))
+    alive = []   # (made, last read, head) of each square tensor of a head's chain in the relevance pass
     for node in nodes:
-        if node.op_type == "Softmax" and node.name.endswith(RECOMPUTED):
-            last = max(order[n.name] for n in nodes if node.output[0] in n.input)
-            alive.append((order[node.name], last))
-    assert len(alive) == 4   # two blocks, two heads
-    alive.sort()
-    assert all(after[0] > before[1] for before, after in zip(alive, alive[1:])), alive
+        head = re.search(r"/head(\d+)", node.name)
+        if node.name in square and head and order[node.name] > relevance_pass:
+            last = max((order[n.name] for n in nodes if node.output[0] in n.input), default=order[node.name])
+            alive.append((order[node.name], last, head.group(1)))
+    assert {h for _, _, h in alive} == {"0", "1"}
+    overlapping = [(a, b) for a in alive for b in alive if a[2] != b[2] and a[0] <= b[1] and b[0] <= a[1]]
+    assert not overlapping, overlapping
