@@ -14,9 +14,10 @@ nearest checkpoints, by copies of the forward nodes placed right before the firs
 it. Where a relevance node reads only the shape (a Reshape or a Concat sent back), the dims are read off kept
 tensors instead, one of the same shape or one per dim that has it (the dims named by onnxruntime's symbolic
 shape inference): a copy made early for a shape would make onnxruntime compute, and hold, what it reads (an
-attention's output: every head's probabilities) long before the relevance pass needs them. The forward then frees a block's internals as soon as the next
-block has read them, and the relevance pass holds one block's recomputed internals at a time (one head's,
-with the attention split per head and a product's signals tied: canonical/heads.py, walk.Walk._tied).
+attention's output: every head's probabilities) long before the relevance pass needs them. The forward then
+frees a block's internals as soon as the next block has read them, and the relevance pass holds one block's
+recomputed internals at a time (one head's, with the attention split per head and each head's signals tied:
+canonical/heads.py, walk.Walk._tie_heads).
 
 onnxruntime must run each copy late, when the relevance pass reaches it: its default order runs a node as
 soon as its inputs exist (the copies would run during the forward and be held all the same), and
