@@ -8,7 +8,8 @@ grows with layers x seq^2. Here the forward keeps only checkpoints:
   - what does not depend on their values and reaches more than one block (attention masks and rotary tables,
     even where they are computed from the explained tensor's shape): computed once, shared; what reaches one
     block only (a layer's slice of the mask) is recomputed there;
-  - the outputs of residual joins (kind "join"): one or two per transformer block, [seq, hidden] each.
+  - the outputs of residual joins (kind "join", on the stream from the explained tensors): one or two per
+    transformer block, [seq, hidden] each.
 Every other forward tensor a relevance node reads is computed again inside the relevance graph, from the
 nearest checkpoints, by copies of the forward nodes placed right before the first relevance node that reads
 it. Where a relevance node reads only the shape (a Reshape or a Concat sent back), the dims are read off kept
@@ -70,8 +71,24 @@ def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
         if node.op_type not in SHAPE_READS and any(i in depends for i in node.input if i):
             depends.update(o for o in node.output if o)
     produced = {o for node in fwd.nodes for o in node.output if o}
-    joins = {node.output[0] for node in fwd.nodes if analysis.kinds.get(node.name) == "join"}
+    joins = _residual_joins(fwd, analysis, sources)
     return _shared_between_blocks(fwd, depends, joins) | sources | joins | kept_outputs
+
+
+def _residual_joins(fwd, analysis, sources: set[str]) -> set[str]:
+    """The outputs of the joins that add a branch to the residual stream: the stream is the explained tensors
+    and these joins' outputs (through Casts, as torch's exports write a norm's dtype cast). A join inside a
+    block (the rotary embedding's q * cos + rotate(q) * sin) is recomputed with the block."""
+    stream, joins = set(sources), set()
+    for node in fwd.nodes:
+        if not any(i in stream for i in node.input if i):
+            continue
+        if analysis.kinds.get(node.name) == "join":
+            joins.add(node.output[0])
+            stream.add(node.output[0])
+        elif node.op_type == "Cast":
+            stream.add(node.output[0])
+    return joins
 
 
 def _shared_between_blocks(fwd, depends: set[str], joins: set[str]) -> set[str]:
