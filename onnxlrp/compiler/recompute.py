@@ -8,7 +8,7 @@ grows with layers x seq^2. Here the forward keeps only checkpoints:
   - what does not depend on their values and reaches more than one block (attention masks and rotary tables,
     even where they are computed from the explained tensor's shape): computed once, shared; what reaches one
     block only (a layer's slice of the mask) is recomputed there;
-  - the outputs of residual joins (kind "join", on the stream from the explained tensors): one or two per
+  - the outputs of residual joins (kind "join", on the stream: read by the next join): one or two per
     transformer block, [seq, hidden] each.
 Every other forward tensor a relevance node reads is computed again inside the relevance graph, from the
 nearest checkpoints, by copies of the forward nodes placed right before the first relevance node that reads
@@ -45,6 +45,7 @@ from ..ops.context import Builder
 
 RECOMPUTED = "/recomputed"
 SHAPE_READS = ("Shape", "Size")   # relevance nodes that read a forward tensor's shape, not its values
+STREAM_OPS = ("Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Dropout")
 
 
 def dims_signature(fwd, name: str) -> tuple | None:
@@ -71,24 +72,28 @@ def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
         if node.op_type not in SHAPE_READS and any(i in depends for i in node.input if i):
             depends.update(o for o in node.output if o)
     produced = {o for node in fwd.nodes for o in node.output if o}
-    joins = _residual_joins(fwd, analysis, sources)
+    joins = _residual_joins(fwd, analysis)
     return _shared_between_blocks(fwd, depends, joins) | sources | joins | kept_outputs
 
 
-def _residual_joins(fwd, analysis, sources: set[str]) -> set[str]:
-    """The outputs of the joins that add a branch to the residual stream: the stream is the explained tensors
-    and these joins' outputs (through Casts, as torch's exports write a norm's dtype cast). A join inside a
-    block (the rotary embedding's q * cos + rotate(q) * sin) is recomputed with the block."""
-    stream, joins = set(sources), set()
-    for node in fwd.nodes:
-        if not any(i in stream for i in node.input if i):
-            continue
-        if analysis.kinds.get(node.name) == "join":
-            joins.add(node.output[0])
-            stream.add(node.output[0])
-        elif node.op_type == "Cast":
-            stream.add(node.output[0])
-    return joins
+def _residual_joins(fwd, analysis) -> set[str]:
+    """The outputs of the joins on the residual stream: those another join reads (through ops that only move
+    or cast elements, as torch's exports cast the stream in each norm), and the last ones, that no join comes
+    after. A join inside a block (the rotary embedding's q * cos + rotate(q) * sin, which the attention reads)
+    is recomputed with the block."""
+    joins = {node.output[0] for node in fwd.nodes if analysis.kinds.get(node.name) == "join"}
+    before_a_join: set[str] = set()   # tensors from which a join can be reached
+    for node in reversed(fwd.nodes):
+        if node.output[0] in joins or any(o in before_a_join for o in node.output):
+            before_a_join.update(i for i in node.input if i)
+
+    def read_by_a_join(tensor: str) -> bool:
+        for consumer in fwd.consumers.get(tensor, []):
+            if consumer.output[0] in joins or (consumer.op_type in STREAM_OPS
+                                               and read_by_a_join(consumer.output[0])):
+                return True
+        return False
+    return {join for join in joins if join not in before_a_join or read_by_a_join(join)}
 
 
 def _shared_between_blocks(fwd, depends: set[str], joins: set[str]) -> set[str]:

@@ -93,6 +93,19 @@ inner_join (float[N, 4] x) => (float[N, 3] logits)
 """
 
 
+# the stream begins at a weighted layer (a ViT's patch embedding), not at the input
+EMBEDDED = RESIDUAL.replace("residual (float[N, 4] x)", "embedded (float[N, 4] x)").replace(
+    "<float[4, 6] w1", "<float[4, 4] we = {0.5, 0.1, -0.2, 0.3, 0.2, 0.4, 0.1, -0.3, -0.1, 0.2, 0.6, 0.1, 0.3, -0.2, "
+    "0.1, 0.4},\n float[4, 6] w1").replace("    h1 = MatMul(x, w1)", "    e = MatMul(x, we)\n    h1 = MatMul(e, w1)").replace(
+    "r1 = Add(x, d1)", "r1 = Add(e, d1)")
+
+
+def test_the_residual_joins_are_checkpoints_where_the_stream_begins_at_a_layer():
+    """Both joins are kept: the first because the second reads it, the second because no join comes after."""
+    low = compile_explainer(onnx.parser.parse_model(EMBEDDED), composite="epsilon", memory="low")
+    assert {"r1", "r2"} <= _forward_reads(low)[0]
+
+
 def test_only_the_residual_joins_are_checkpoints():
     """A join inside a block is recomputed with it (Qwen2.5-0.5B shape at 2048 tokens: 874 -> 651 MB, the rotary
     sums no longer kept); the join that adds the block to the stream, read through a Cast, is kept."""
