@@ -17,7 +17,6 @@ import onnxruntime as ort
 from .. import composites as composites_module
 from ..canonical import canonicalize
 from ..canonical.batch import BATCH_DIM
-from ..canonical.shapes import symbolic_dims
 from ..composites import Composite
 from ..conditions import ConceptLayers
 from ..contrastive import contrastive_relevance
@@ -30,7 +29,7 @@ from ..ops.context import Builder
 from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
                        explainer_model, graph_output, layer_sum, sample_dims, with_dynamic_batch, write_metadata)
-from .recompute import checkpoints, dims_signature, everything_but_norm_statistics, recompute_forward
+from .recompute import checkpoints, dims_signatures, everything_but_norm_statistics, recompute_forward
 from .signals import RELEVANCE, convert, gather
 from .start import MODES, build_start
 from .walk import Walk
@@ -147,7 +146,7 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             else everything_but_norm_statistics(fwd, analysis, forward_nodes))
     relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
                                         lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
-                                        _dims_signature(fwd, canonical.model, memory))
+                                        dims_signatures(fwd, canonical.model, memory))
     explainer = explainer_model(canonical.model, forward_nodes + relevance_nodes,
                                 [batched(v) for v in canonical.model.graph.input] + start.inputs
                                 + crp.inputs, graph_outputs, b.initializers)
@@ -165,17 +164,6 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
 
 
 MEMORY_FORMS = ("default", "low")
-
-
-def _dims_signature(fwd: ForwardGraph, model: onnx.ModelProto, memory: str):
-    """name -> the tensor's dims, ints and symbolic names, or None: for the low form from onnxruntime's symbolic
-    shape inference, which knows the dims of an export's computed reshapes (the recomputation reads more
-    shapes off kept tensors then), where it succeeds; else from the model's value_info."""
-    symbolic = symbolic_dims(model) if memory == "low" else {}
-    if not symbolic:
-        return lambda name: dims_signature(fwd, name)
-    return lambda name: (tuple(symbolic[name]) if name in symbolic and all(isinstance(d, int) or d
-                                                                           for d in symbolic[name]) else None)
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:

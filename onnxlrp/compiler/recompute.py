@@ -41,6 +41,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from ..canonical.shapes import symbolic_dims
 from ..ops.context import Builder
 
 RECOMPUTED = "/recomputed"
@@ -62,6 +63,17 @@ def dims_signature(fwd, name: str) -> tuple | None:
         else:
             return None
     return tuple(dims)
+
+
+def dims_signatures(fwd, model: onnx.ModelProto, memory: str):
+    """name -> the tensor's dims, ints and symbolic names, or None: for the low form from onnxruntime's symbolic
+    shape inference, which knows the dims of an export's computed reshapes (the recomputation reads more
+    shapes off kept tensors then), where it succeeds; else from the model's value_info."""
+    symbolic = symbolic_dims(model) if memory == "low" else {}
+    if not symbolic:
+        return lambda name: dims_signature(fwd, name)
+    return lambda name: (tuple(symbolic[name]) if name in symbolic and all(isinstance(d, int) or d
+                                                                           for d in symbolic[name]) else None)
 
 
 def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
