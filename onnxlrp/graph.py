@@ -105,11 +105,11 @@ class ForwardGraph:
             return None
         return value.type.tensor_type.elem_type
 
-    def descendants(self, sources: list[str]) -> set[str]:
-        """Tensor names that depend on any of `sources` (the sources included)."""
+    def descendants(self, sources: list[str], skip_ops: tuple[str, ...] = ()) -> set[str]:
+        """Tensor names that depend on any of `sources` (the sources included), not through ops in `skip_ops`."""
         live = set(sources)
         for node in self.nodes:  # nodes are in topological order
-            if any(i in live for i in node.input if i):
+            if node.op_type not in skip_ops and any(i in live for i in node.input if i):
                 live.update(o for o in node.output if o)
         return live
 

@@ -79,11 +79,8 @@ def dims_signatures(fwd, model: onnx.ModelProto, memory: str):
 def checkpoints(fwd, analysis, kept_outputs: set[str]) -> set[str]:
     """The forward tensors the low-memory explainer keeps (the module's docstring)."""
     sources = set(analysis.all_sources)
-    depends = set(sources)   # on their values: a causal mask built from their shape alone is computed once
-    for node in fwd.nodes:
-        if node.op_type not in SHAPE_READS and any(i in depends for i in node.input if i):
-            depends.update(o for o in node.output if o)
-    produced = {o for node in fwd.nodes for o in node.output if o}
+    # on their values: a causal mask built from their shape alone is computed once
+    depends = fwd.descendants(list(sources), skip_ops=SHAPE_READS)
     joins = _residual_joins(fwd, analysis)
     return _shared_between_blocks(fwd, depends, joins) | sources | joins | kept_outputs
 
