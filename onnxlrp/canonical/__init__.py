@@ -22,6 +22,7 @@ from .logits import find_logits
 from .pads import explicit_pads, fold_pad_into_conv
 from .quantized import quantized_spans
 from .shapes import ShapeInferenceError, exported, infer_shapes, without_weights
+from .slice_assign import unscatter_slice_assignments
 from .versions import normalise_versions
 
 
@@ -59,6 +60,7 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str], split
     model = quantized_spans(fold_until_stable(model))
     graph = gs.import_onnx(model)
     remove_identities(graph)
+    unscatter_slice_assignments(graph)
     explicit_pads(graph)
     fold_pad_into_conv(graph)
     normalise_dense(graph)
