@@ -9,7 +9,8 @@ without the grid: y padded to x's shape at the box's place, chosen by a mask of 
 Matched (anything else stays a ScatterND): indices = Concat(axis -1) of one Unsqueeze(-1) per axis k of
 Expand(r_k laid along axis k, shape), each r_k a Range(start >= 0, limit, 1) or a step-1 Slice of one: the
 grid of the box with corner (r_0[0], r_1[0], ...) and sides len(r_k). ScatterND's indices must not repeat
-(ONNX leaves such updates' order unspecified), so y's shape is the box's.
+(ONNX leaves such updates' order unspecified), so y's shape is the box's. A box that leaves x
+fails at run time, as onnxruntime's ScatterND does.
 """
 from __future__ import annotations
 
@@ -143,6 +144,7 @@ def _replace(graph: gs.Graph, scatter: gs.Node, ranges: list) -> None:
         sides.append(side)
     corner = op("Concat", *corners, axis=0)
     after = op("Sub", op("Sub", dims, corner), op("Concat", *sides, axis=0))
+    after = op("Max", after, const("none", [0]))     # a box past x's end: the Reshape below fails, as ScatterND does
     placed = op("Pad", updates, op("Concat", corner, after, axis=0), dtype=updates.dtype or data.dtype)
     # data's shape, said once more: onnxruntime's symbolic shape inference misreads a Pad by computed pads
     # (it gave a causal mask 8 heads), and the head split and the low form's dims read that inference

@@ -114,3 +114,12 @@ def test_the_assignment_keeps_the_shape_that_shape_inference_gives():
         "g (float[B, 1, S, T] x, float[B, 1, P, Q] y) => (float[B, 1, S, T] out)")
     dims = symbolic_dims(_rewritten(parser.parse_model(mask_like)))
     assert dims["out"] == dims["x"] == ["B", 1, "S", "T"]
+
+
+def test_a_box_past_the_end_fails_as_the_scatter_does():
+    model = parser.parse_model(ASSIGN.format(row=4, col=0, step=1))     # rows 4, 5, 6 of 6
+    x = np.zeros((1, 1, 6, 3), np.float32)
+    y = np.ones((1, 1, 3, 3), np.float32)
+    for candidate in (model, _rewritten(model)):
+        with pytest.raises(Exception):
+            _run(candidate, x=x, y=y)
