@@ -131,9 +131,8 @@ def _replace(graph: gs.Graph, scatter: gs.Node, ranges: list) -> None:
         corner = op("Slice", op("Concat", values, const("zero", [0]), axis=0), const("first", [0]),
                     const("one", [1]))                 # the range's first value (0 if it is empty)
         side = op("Shape", values)
-        dim = op("Squeeze", op("Slice", dims, const("axis", [axis]), const("next", [axis + 1])),
-                 const("squeeze", [0]))
-        position = op("Range", const("start", 0), dim, const("step", 1))
+        position = op("Range", const("start", 0), op("Gather", dims, const("axis", axis), axis=0),
+                      const("step", 1))
         on_axis = op("And", op("GreaterOrEqual", position, corner, dtype=np.bool_),
                      op("Less", position, op("Add", corner, side), dtype=np.bool_), dtype=np.bool_)
         shape = [1] * len(ranges)
