@@ -1,4 +1,6 @@
 """torch's slice assignment (ScatterND over a box of indices) becomes Pad + Where, on models written as text."""
+import warnings
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -123,3 +125,57 @@ def test_a_box_past_the_end_fails_as_the_scatter_does():
     for candidate in (model, _rewritten(model)):
         with pytest.raises(Exception):
             _run(candidate, x=x, y=y)
+
+
+def test_a_torchscript_llama_explains_alike_without_its_mask_grid(tmp_path, monkeypatch):
+    """transformers' causal mask as torch.onnx (TorchScript) exports it: the rewrite applies, and the explainer
+    computes the same logits and relevance as with the ScatterND, a padded attention mask included."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import onnxlrp.canonical as canonical
+    from onnxlrp.compiler import compile_explainer
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                      use_cache=False)
+    config._attn_implementation = "eager"
+    llama = transformers.LlamaForCausalLM(config).eval()
+
+    class LogitsOnly(torch.nn.Module):       # the export tools/llm_fixtures.py makes
+        def __init__(self):
+            super().__init__()
+            self.llama = llama
+
+        def forward(self, input_ids, attention_mask):
+            return self.llama(input_ids=input_ids, attention_mask=attention_mask).logits
+    model = LogitsOnly().eval()
+    ids = torch.randint(1, 64, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    path = tmp_path / "llama.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask",
+                                                                                  "logits")})
+    assert "ScatterND" in [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    def explain(memory):
+        compiled = compile_explainer(str(path), composite="attn_lrp", memory=memory)
+        session = ort.InferenceSession(compiled.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                 compiled.target_input: np.full(2, -1, np.int64), compiled.position_input: np.full(2, -1, np.int64)}
+        ops = {n.op_type for n in compiled.model.graph.node}
+        return ops, session.run(None, feeds)
+
+    for memory in ("default", "low"):
+        ops, rewritten = explain(memory)
+        assert "ScatterND" not in ops
+        monkeypatch.setattr(canonical, "unscatter_slice_assignments", lambda graph: graph)
+        ops, scattered = explain(memory)
+        monkeypatch.undo()
+        assert "ScatterND" in ops
+        for got, want in zip(rewritten, scattered):
+            np.testing.assert_array_equal(got, want)
