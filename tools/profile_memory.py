@@ -2,14 +2,15 @@
 
     python tools/profile_memory.py --arch llama_35m --tokens 2048 --memory low
     python tools/profile_memory.py --arch qwen2_05b --tokens 1024 --memory default --top 30
+    python tools/profile_memory.py --arch llama --export dynamo_dynamic --tokens 2048
 
 One profiled run (onnxlrp's session options, --threads threads) gives the order onnxruntime ran the nodes in
 and each node's output size; with the optimised graph (which names the same nodes) each tensor lives from the
 node that makes it to the last node that reads it. The sum over the tensors alive is what the run holds at
 least (the arena's slack and the weights come on top: compare with tools/bench_long.py's resident memory).
 It printed what the fixes of docs/performance.md, "Long prompts", had to remove: every head's probabilities
-held at once, a causal mask rebuilt in the relevance pass. Decoders from tools/llm_fixtures.py (TorchScript
-export), AttnLRP, the next token at the last position.
+held at once, a causal mask rebuilt in the relevance pass, the mask's index grid. Decoders from
+tools/llm_fixtures.py (TorchScript export, or --export a dynamo one), AttnLRP, the next token at the last position.
 """
 from __future__ import annotations
 
@@ -79,15 +80,17 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="llama_35m")
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--memory", default="low", choices=["default", "low"])
+    parser.add_argument("--export", default="torchscript", choices=["torchscript", "dynamo_dynamic", "dynamo_opset23"],
+                        help="which of tools/llm_fixtures.py's exports (dynamo: the small architectures only)")
     parser.add_argument("--composite", default="attn_lrp")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
     import llm_fixtures as F
-    compiled = compile_explainer(str(F.fixture(args.arch, "torchscript")), composite=args.composite,
+    compiled = compile_explainer(str(F.fixture(args.arch, args.export)), composite=args.composite,
                                  memory=args.memory)
     peaks = alive_at_peak(compiled.model, decoder_feeds(compiled, args.tokens), args.threads, compiled.logits)
-    print(f"{args.arch}, {args.tokens} tokens, memory={args.memory}")
+    print(f"{args.arch} ({args.export}), {args.tokens} tokens, memory={args.memory}")
     for part, (held, node, k, tensors) in peaks.items():
         print(f"\n{part}: at least {held / 2**20:.0f} MiB alive at node {k} ({node})")
         for size, tensor in tensors[:args.top]:
