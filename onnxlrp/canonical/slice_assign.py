@@ -22,7 +22,7 @@ from .names import unique_name
 
 def unscatter_slice_assignments(graph: gs.Graph) -> gs.Graph:
     for node in list(graph.nodes):
-        if node.op != "ScatterND" or _attr(node, "reduction", "none") != "none":
+        if node.op != "ScatterND" or _attr(node, "reduction", "none") != "none" or len(node.inputs) != 3:
             continue
         ranges = _box_ranges(node.inputs[1])
         if ranges is not None:
@@ -106,8 +106,9 @@ def _contiguous(tensor) -> bool:
     if range_ is None:
         return False
     start, delta = _constant(range_.inputs[0]), _constant(range_.inputs[2])
-    return (start is not None and delta is not None and np.issubdtype(start.dtype, np.integer)
-            and int(start) >= 0 and int(delta) == 1)
+    return (start is not None and delta is not None and start.size == delta.size == 1
+            and np.issubdtype(start.dtype, np.integer) and int(start.reshape(-1)[0]) >= 0
+            and int(delta.reshape(-1)[0]) == 1)
 
 
 def _replace(graph: gs.Graph, scatter: gs.Node, ranges: list) -> None:
