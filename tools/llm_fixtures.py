@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
-BENCH_ARCHS = ("qwen2_05b", "llama_35m")   # built on request only (--arch qwen2_05b: 1.5 GB in float32)
+BENCH_ARCHS = ("qwen2_05b", "llama_35m", "qwen2_05b_vocab")   # built on request only (qwen2_05b: 1.5 GB in
+# float32; qwen2_05b_vocab, the same with Qwen2.5's own vocabulary of 151936: 2.5 GB)
 EXPORTS = ("torchscript", "dynamo_static", "dynamo_dynamic", "dynamo_opset23", "optimum", "genai_fp32", "genai_int4",
            "genai_int8", "genai_int4_asym", "ort_qdq_int4_weights", "ort_dynamic_int8", "ort_qdq_static_int8")
 # onnxruntime.quantization on the dynamo (dynamic shapes) export: weight-only int4 as DequantizeLinear of constants
@@ -69,6 +70,8 @@ def config_of(arch: str) -> dict:
         return {**config_of("qwen2"), "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
                 "num_attention_heads": 14, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 8192,
                 "max_position_embeddings": 1024, "rope_theta": 1_000_000.0, "tie_word_embeddings": True}
+    if arch == "qwen2_05b_vocab":   # Qwen2.5-0.5B's shape with its vocabulary: the LM head as large as it is
+        return {**config_of("qwen2_05b"), "vocab_size": 151936}
     if arch == "llama_35m":   # the long-prompt benchmark: 12 layers, hidden 512, GQA, 35 M parameters
         return {**config_of("llama"), "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 12,
                 "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 8192,
@@ -92,7 +95,8 @@ def config_of(arch: str) -> dict:
     raise ValueError(f"unknown arch {arch!r}; one of {ARCHS}")
 
 
-EMBEDDING_STD = {"llama": 1.0, "qwen2": 1.0, "qwen3": 1.0, "gemma3": 0.05, "qwen2_05b": 1.0, "llama_35m": 1.0}
+EMBEDDING_STD = {"llama": 1.0, "qwen2": 1.0, "qwen3": 1.0, "gemma3": 0.05, "qwen2_05b": 1.0, "llama_35m": 1.0,
+                 "qwen2_05b_vocab": 1.0}
 
 
 def make_model(arch: str, seed: int = 0):

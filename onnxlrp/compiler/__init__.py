@@ -29,6 +29,7 @@ from ..ops.context import Builder
 from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
                        explainer_model, graph_output, layer_sum, sample_dims, with_dynamic_batch, write_metadata)
+from .row import compute_on_row
 from .recompute import checkpoints, dims_signatures, everything_but_norm_statistics, recompute_forward
 from .signals import RELEVANCE, convert, gather
 from .start import MODES, build_start
@@ -141,7 +142,10 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
             layer_relevance_outputs.append(name)
     graph_outputs += start.outputs + crp.outputs
 
-    relevance_nodes = factor_fanout_products(b.nodes, keep={v.name for v in graph_outputs})
+    relevance_nodes = b.nodes
+    if start.row is not None:
+        relevance_nodes = compute_on_row(relevance_nodes, start.row, b, fwd.shape)
+    relevance_nodes = factor_fanout_products(relevance_nodes, keep={v.name for v in graph_outputs})
     kept = (checkpoints(fwd, analysis, {v.name for v in canonical.model.graph.output}) if memory == "low"
             else everything_but_norm_statistics(fwd, analysis, forward_nodes))
     relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError
 from ..ops.context import Builder
+from .row import ExplainedRow
 from .signals import Signal
 
 MODES = ("logit", "one", "prob", "contrastive", "mean_contrast", "custom", "select")
@@ -51,6 +52,7 @@ class Start:
     position_input: str | None = None
     position_output: str | None = None
     n_classes: int = 0
+    row: ExplainedRow | None = None      # sequence outputs: the start is non-zero in one row (row.py)
 
 
 def free_dims(dims) -> list:
@@ -149,7 +151,10 @@ def build_start(b: Builder, logits: str, shape: tuple, mode: str, taken: set[str
     else:
         at = b.op("OneHot", [start.position_output, length, b.const(np.array([0.0, 1.0], np.float32),
                                                                      hint="off_on")], axis=-1, hint="position_one_hot")
-        seed = b.op("Mul", [b.op("Unsqueeze", [at, b.ints([2])]), b.op("Unsqueeze", [seed, b.ints([1])])],
+        row = seed
+        seed = b.op("Mul", [b.op("Unsqueeze", [at, b.ints([2])]), b.op("Unsqueeze", [row, b.ints([1])])],
                     hint="seed")
+        start.row = ExplainedRow(seed=seed, at=at, row=row, position=start.position_output,
+                                 output=logits)
     start.signal = Signal(seed, form)
     return start
