@@ -5,6 +5,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from .compiler import MEMORY_FORMS, CompiledExplainer, abs_sum_name, compile_exp
 from .errors import InputError, UnsupportedModelError
 from .generation import Generation
 from .llm import DecoderInputs, decoder_inputs, model_file
-from .model import free_input_dims, load_model, with_input_shapes
+from .model import free_input_dims, is_large, load_model, with_input_shapes
 from .compiler.start import MODES
 
 # The CUDA provider with full float32 convolutions and matrix products: onnxruntime's default TF32 keeps 10
@@ -183,7 +184,7 @@ class Explainer:
         key = (mode, tuple(conditions), tuple(concepts), shapes and tuple(sorted(shapes.items())), support)
         with self._lock:
             if key not in self._sessions:
-                self._sessions[key] = new_session(compiled.model.SerializeToString(), self.session_options,
+                self._sessions[key] = new_session(compiled.model, self.session_options,
                                                   self.providers)
             return compiled, self._sessions[key]
 
@@ -215,7 +216,7 @@ class Explainer:
         key = shapes and tuple(sorted(shapes.items()))
         with self._lock:
             if key not in self._forwards:
-                self._forwards[key] = new_session(forward_model(compiled).SerializeToString(), self.session_options,
+                self._forwards[key] = new_session(forward_model(compiled), self.session_options,
                                                   self.providers)
             forward = self._forwards[key]
         feeds = self._feeds(compiled, session, x)
@@ -290,7 +291,7 @@ class Explainer:
         model.CopyFrom(canonical.model)
         del model.graph.output[:]
         model.graph.output.append(helper.make_tensor_value_info(canonical.logits, TensorProto.FLOAT, None))
-        session = new_session(model.SerializeToString(), self.session_options, self.providers)
+        session = new_session(model, self.session_options, self.providers)
         feeds = {i.name: np.asarray(x[i.name] if isinstance(x, dict) else x) for i in session.get_inputs()}
         return session.run(None, feeds)[0].shape
 
@@ -536,12 +537,17 @@ def default_session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def new_session(model_bytes, options, providers: list) -> ort.InferenceSession:
-    """An onnxruntime session on `providers`, with the heap its build freed handed back. onnxruntime falls
-    back to the CPU, with a log line only, when a provider it was built with cannot load (CUDA or cuDNN
-    libraries missing): that is an error here."""
+def new_session(model, options, providers: list) -> ort.InferenceSession:
+    """An onnxruntime session on `providers`, with the heap its build freed handed back. `model`: a path, bytes
+    or a ModelProto (one over protobuf's 2 GiB runs from a temporary file with its weights beside it).
+    onnxruntime falls back to the CPU, with a log line only, when a provider it was built with cannot load (CUDA
+    or cuDNN libraries missing): that is an error here."""
     try:
-        session = ort.InferenceSession(model_bytes, options, providers=providers)
+        if isinstance(model, onnx.ModelProto) and is_large(model):
+            session = _session_from_a_file(model, options, providers)
+        else:
+            source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+            session = ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime refusing a model onnxlrp built is onnxlrp's bug
         raise rejected_explainer(exc) from None
     release_freed_memory()
@@ -552,6 +558,19 @@ def new_session(model_bytes, options, providers: list) -> ort.InferenceSession:
         raise InputError(f"onnxruntime could not start {wanted}; the session runs on {session.get_providers()}"
                          f"{hint}")
     return session
+
+
+def _session_from_a_file(model: onnx.ModelProto, options, providers: list) -> ort.InferenceSession:
+    """The session of a model too large for one protobuf: written with its weights in a data file beside it (which
+    takes them out of the proto), loaded from there, and the weights read back into the proto."""
+    with tempfile.TemporaryDirectory(prefix="onnxlrp-session-", ignore_cleanup_errors=True) as folder:
+        path = Path(folder) / "model.onnx"
+        try:
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="model.onnx.data", size_threshold=1024)
+            return ort.InferenceSession(str(path), options, providers=providers)
+        finally:
+            onnx.external_data_helper.load_external_data_for_model(model, folder)
 
 
 def release_freed_memory() -> None:

@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelLoadError, UnsupportedModelError
+from .model import is_large
 
 ORT_CHECK_LIMIT = 768 * 1024**2          # bytes of model up to which onnxruntime's loader checks it
 ORT_ONNX_DOMAIN_OPS = ("SimplifiedLayerNormalization",)   # onnxruntime's own, in the onnx domain
@@ -196,7 +197,7 @@ def check_with_onnxruntime(model: onnx.ModelProto, name: str = "the model") -> N
         if added:
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         try:
-            onnx.checker.check_model(model)
+            onnx.checker.check_model(structure_only(model) if is_large(model) else model)
         except Exception as exc:  # noqa: BLE001 - the checker raises several types
             raise ModelLoadError(f"{name} fails onnx's checker: {_first_line(exc)}") from None
         finally:
@@ -215,6 +216,24 @@ def check_with_onnxruntime(model: onnx.ModelProto, name: str = "the model") -> N
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise ModelLoadError(f"onnxruntime refuses to load {name}: {_first_line(exc)}") from None
+
+
+def structure_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its initialisers as typed graph inputs, for onnx's checker, which refuses a protobuf over
+    2 GiB in memory: the graph is what it checks, and the weights' bytes are not copied."""
+    light = onnx.ModelProto(ir_version=max(model.ir_version, 4))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    listed = {value.name for value in model.graph.input}
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                       for t in model.graph.initializer if t.name not in listed)
+    return light
 
 
 def _first_line(exc: Exception) -> str:

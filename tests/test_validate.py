@@ -47,3 +47,49 @@ def test_a_model_too_large_for_onnxruntimes_loader_may_use_its_onnx_domain_ops(m
     model.graph.node[0].op_type = "NoSuchOp"
     with pytest.raises(ModelLoadError, match="fails onnx's checker"):
         validate(model)
+
+
+def _small_dense() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 300],   # over save_model's 1 KiB for external data
+                                rng.normal(size=1200).astype(np.float32).tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 300])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_model_over_protobufs_limit_loads_checks_and_explains(monkeypatch, tmp_path):
+    """A model over 2 GiB (here: the limit lowered to 1000 bytes) is checked without its weights (onnx's checker
+    refuses such a protobuf in memory) and run from a temporary file (protobuf cannot serialise it); the
+    explanation is the one of the model under the limit, and the explainer keeps its weights."""
+    import onnxlrp.model as M
+    from onnxlrp import Explainer
+    x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
+    expected = Explainer(_small_dense(), composite="epsilon").explain(x).relevance
+    monkeypatch.setattr(M, "_PROTOBUF_LIMIT", 1000)
+    import onnxlrp.validate as V
+    monkeypatch.setattr(V, "ORT_CHECK_LIMIT", 0)   # as for any model over 2 GiB
+    import onnxruntime
+    checked, sources = [], []
+    check, session = onnx.checker.check_model, onnxruntime.InferenceSession
+    monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: (checked.append(model), check(model))[1])
+    monkeypatch.setattr(onnxruntime, "InferenceSession",
+                        lambda source, *a, **k: (sources.append(source), session(source, *a, **k))[1])
+    path = tmp_path / "model.onnx"
+    M.save_model(_small_dense(), path)
+    assert (tmp_path / "model.onnx.data").exists()
+    explainer = Explainer(str(path), composite="epsilon")
+    np.testing.assert_allclose(explainer.explain(x).relevance, expected, rtol=1e-6)
+    compiled = explainer.compiled("logit")
+    assert all(t.data_location == TensorProto.DEFAULT for t in compiled.model.graph.initializer)
+    np.testing.assert_allclose(explainer.explain(x).relevance, expected, rtol=1e-6)   # a second session alike
+    assert checked and all(not m.graph.initializer for m in checked if isinstance(m, onnx.ModelProto))
+    assert [s for s in sources if isinstance(s, str) and "onnxlrp-session-" in s]
+    assert not [s for s in sources if isinstance(s, bytes)]
+    broken = _small_dense()
+    broken.graph.node[0].op_type = "MatMulNot"
+    with pytest.raises(ModelLoadError, match="MatMulNot"):
+        validate(broken)
