@@ -29,6 +29,7 @@ from ..ops.context import Builder
 from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
                        explainer_model, graph_output, layer_sum, sample_dims, with_dynamic_batch, write_metadata)
+from .output_layer import output_layers_as_matmul
 from .row import compute_on_row
 from .recompute import checkpoints, dims_signatures, everything_but_norm_statistics, recompute_forward
 from .signals import RELEVANCE, convert, gather
@@ -151,7 +152,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
                                         lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
                                         dims_signatures(fwd, canonical.model, memory))
-    explainer = explainer_model(canonical.model, forward_nodes + relevance_nodes,
+    nodes = output_layers_as_matmul(forward_nodes + relevance_nodes, {v.name for v in canonical.model.graph.output},
+                                    canonical.model.graph.initializer)
+    explainer = explainer_model(canonical.model, nodes,
                                 [batched(v) for v in canonical.model.graph.input] + start.inputs
                                 + crp.inputs, graph_outputs, b.initializers)
     compiled = CompiledExplainer(
