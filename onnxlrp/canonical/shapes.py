@@ -23,10 +23,18 @@ def symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
     inference leaves dims unknown. {} where it fails."""
     try:   # imported here: it needs sympy, a dependency that an install without dependencies may lack
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-        inferred = SymbolicShapeInference.infer_shapes(without_weights(model), auto_merge=True)
+        # SymbolicShapeInference.infer_shapes's own steps, but for its last one: where some shape stays unknown it
+        # writes the model to sym_shape_infer_temp.onnx in the current folder (the user's) and raises
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(without_weights(model))
+        complete = False
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+        inferred = inference.out_mp_
     except Exception:  # noqa: BLE001 - sympy missing, an op it does not know: no dims, callers do without
         return {}
-    if inferred is None:
+    if not complete or inferred is None:
         return {}
     values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
