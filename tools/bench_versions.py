@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the benchmark command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.keep:   # made before the first run, not found missing after it
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxlrp-versions-") as scratch:
         old_tree = Path(scratch) / "old"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.old], check=True,
