@@ -65,14 +65,16 @@ def test_a_model_over_protobufs_limit_loads_checks_and_explains(monkeypatch, tmp
     """A model over 2 GiB (here: the limit lowered to 1000 bytes) is checked without its weights (onnx's checker
     refuses such a protobuf in memory) and run from a temporary file (protobuf cannot serialise it); the
     explanation is the one of the model under the limit, and the explainer keeps its weights."""
+    import onnxruntime
+
+    import onnxlrp
     import onnxlrp.model as M
+    import onnxlrp.validate as V
     from onnxlrp import Explainer
     x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
     expected = Explainer(_small_dense(), composite="epsilon").explain(x).relevance
     monkeypatch.setattr(M, "_PROTOBUF_LIMIT", 1000)
-    import onnxlrp.validate as V
     monkeypatch.setattr(V, "ORT_CHECK_LIMIT", 0)   # as for any model over 2 GiB
-    import onnxruntime
     checked, sources = [], []
     check, session = onnx.checker.check_model, onnxruntime.InferenceSession
     monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: (checked.append(model), check(model))[1])
@@ -86,9 +88,14 @@ def test_a_model_over_protobufs_limit_loads_checks_and_explains(monkeypatch, tmp
     compiled = explainer.compiled("logit")
     assert all(t.data_location == TensorProto.DEFAULT for t in compiled.model.graph.initializer)
     np.testing.assert_allclose(explainer.explain(x).relevance, expected, rtol=1e-6)   # a second session alike
-    assert checked and all(not m.graph.initializer for m in checked if isinstance(m, onnx.ModelProto))
     assert [s for s in sources if isinstance(s, str) and "onnxlrp-session-" in s]
     assert not [s for s in sources if isinstance(s, bytes)]
+    written = onnxlrp.compile(str(path), tmp_path / "explainer.onnx", composite="epsilon")   # and from the CLI
+    assert (tmp_path / "explainer.onnx.data").exists()
+    served = onnxruntime.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+    relevance = served.run(["relevance_x"], {"x": x, "target": np.full(len(x), -1, np.int64)})[0]
+    np.testing.assert_allclose(relevance, expected, rtol=1e-6)
+    assert checked and all(not m.graph.initializer for m in checked if isinstance(m, onnx.ModelProto))
     broken = _small_dense()
     broken.graph.node[0].op_type = "MatMulNot"
     with pytest.raises(ModelLoadError, match="MatMulNot"):

@@ -25,6 +25,7 @@ from ..fanout import factor_fanout_products
 from ..graph import ForwardGraph
 from ..model import is_large, load_model, save_model
 from ..oneclass import compile_oneclass_explainer, find_one_class_svm
+from ..validate import structure_only
 from ..ops.context import Builder
 from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
@@ -219,8 +220,8 @@ def check_explainer(model: onnx.ModelProto) -> None:
     try:
         if not is_large(model):
             onnx.checker.check_model(model, full_check=True)
-        else:
-            onnx.checker.check_model(model)
+        else:   # onnx's checker refuses a protobuf over 2 GiB in memory
+            onnx.checker.check_model(structure_only(model))
         if not is_large(model):
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
