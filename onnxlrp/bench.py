@@ -80,7 +80,7 @@ def explain_case(model_path: str, composite_name: str, x: np.ndarray, threads: i
 
     start = time.perf_counter()
     compiled = compile_explainer(model_path, composite=composite_for(composite_name))
-    session = new_session(compiled.model.SerializeToString(), default_session_options(threads),
+    session = new_session(compiled.model, default_session_options(threads),
                           providers or ["CPUExecutionProvider"])
     feeds = {compiled.inputs[0]: x, compiled.target_input: np.full(len(x), -1, np.int64)}
     compile_s = time.perf_counter() - start

@@ -96,6 +96,8 @@ def test_a_model_over_protobufs_limit_loads_checks_and_explains(monkeypatch, tmp
     relevance = served.run(["relevance_x"], {"x": x, "target": np.full(len(x), -1, np.int64)})[0]
     np.testing.assert_allclose(relevance, expected, rtol=1e-6)
     assert checked and all(not m.graph.initializer for m in checked if isinstance(m, onnx.ModelProto))
+    from onnxlrp.export.tensors import runs_at_batch   # Triton's batching probe
+    assert runs_at_batch(onnx.load(str(path)), 3)
     broken = _small_dense()
     broken.graph.node[0].op_type = "MatMulNot"
     with pytest.raises(ModelLoadError, match="MatMulNot"):

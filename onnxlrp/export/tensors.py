@@ -33,12 +33,12 @@ def graph_tensors(model: onnx.ModelProto) -> tuple[list[Tensor], list[Tensor]]:
 def runs_at_batch(model: onnx.ModelProto, batch: int) -> bool:
     """Whether the model runs on a batch of `batch` samples and returns that many, so that a server may
     batch requests together."""
-    from ..runtime import sample_feeds
+    from ..runtime import new_session, sample_feeds
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:   # new_session: a model over 2 GiB too
+        session = new_session(model, options, ["CPUExecutionProvider"])
         results = session.run(None, sample_feeds(session, batch))
     except Exception:  # onnxruntime raises several unrelated types for shape errors
         return False
