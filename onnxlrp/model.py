@@ -9,9 +9,7 @@ import onnx
 
 from .errors import ModelLoadError
 from .files import as_if_created
-
-# Models above this size must keep their weights in an external data file.
-_PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2
+from .validate import check_external_data, is_large, validate
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto, check: bool = True) -> onnx.ModelProto:
@@ -19,7 +17,6 @@ def load_model(model: str | os.PathLike | onnx.ModelProto, check: bool = True) -
 
     check: refuse a broken or hostile model with one clear line (onnxlrp.validate): done for files
     always, and for a ModelProto unless the caller checked it already."""
-    from .validate import check_external_data, validate
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
@@ -89,11 +86,6 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         if tmp.exists():
             tmp.unlink()
     return path
-
-
-def is_large(model: onnx.ModelProto) -> bool:
-    """Too large for one protobuf file: the weights must go into an external data file."""
-    return model.ByteSize() > _PROTOBUF_LIMIT
 
 
 def _external_tensors(model: onnx.ModelProto):

@@ -20,9 +20,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelLoadError, UnsupportedModelError
-from .model import is_large
 
 ORT_CHECK_LIMIT = 768 * 1024**2          # bytes of model up to which onnxruntime's loader checks it
+PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2   # bytes of model from which its weights go into an external data file
 ORT_ONNX_DOMAIN_OPS = ("SimplifiedLayerNormalization",)   # onnxruntime's own, in the onnx domain
 INPUT_LIMIT = 16 * 1024**3               # bytes one sample of one input may take
 MIN_IR_VERSION = 3
@@ -216,6 +216,12 @@ def check_with_onnxruntime(model: onnx.ModelProto, name: str = "the model") -> N
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise ModelLoadError(f"onnxruntime refuses to load {name}: {_first_line(exc)}") from None
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """Too large for one protobuf (2 GiB): the weights go into an external data file, onnx's checker takes the
+    graph alone, onnxruntime loads it from a file."""
+    return model.ByteSize() > PROTOBUF_LIMIT
 
 
 def structure_only(model: onnx.ModelProto) -> onnx.ModelProto:

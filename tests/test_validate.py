@@ -73,7 +73,7 @@ def test_a_model_over_protobufs_limit_loads_checks_and_explains(monkeypatch, tmp
     from onnxlrp import Explainer
     x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
     expected = Explainer(_small_dense(), composite="epsilon").explain(x).relevance
-    monkeypatch.setattr(M, "_PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(V, "PROTOBUF_LIMIT", 1000)
     monkeypatch.setattr(V, "ORT_CHECK_LIMIT", 0)   # as for any model over 2 GiB
     checked, sources = [], []
     check, session = onnx.checker.check_model, onnxruntime.InferenceSession
