@@ -30,7 +30,7 @@ class ExplainedRow:
     output: str     # the explained output, shaped as the seed
 
 
-ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where", "GreaterOrEqual", "Greater", "Less", "LessOrEqual", "Equal",
+_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where", "GreaterOrEqual", "Greater", "Less", "LessOrEqual", "Equal",
                "Cast", "Neg", "Abs", "Relu", "Sign", "Reciprocal")
 _PASS_RANK = ("DequantizeLinear", "Cast", "Identity", "Neg", "Transpose")
 
@@ -130,7 +130,7 @@ class _Shapes:
         node = self.producer.get(name)
         if node is None:
             return self.forward_shape(name)
-        if node.op_type in ELEMENTWISE:
+        if node.op_type in _ELEMENTWISE:
             parts = [self.shape(i) for i in node.input if i]
             return None if any(p is None for p in parts) else _broadcast(parts)
         return None
