@@ -197,7 +197,7 @@ def check_with_onnxruntime(model: onnx.ModelProto, name: str = "the model") -> N
         if added:
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         try:
-            onnx.checker.check_model(structure_only(model) if is_large(model) else model)
+            onnx.checker.check_model(structure_only(model) if size > PROTOBUF_LIMIT else model)
         except Exception as exc:  # noqa: BLE001 - the checker raises several types
             raise ModelLoadError(f"{name} fails onnx's checker: {_first_line(exc)}") from None
         finally:

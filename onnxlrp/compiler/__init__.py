@@ -218,11 +218,10 @@ def check_explainer(model: onnx.ModelProto) -> None:
     """The explainer is a valid ONNX model that onnxruntime loads; anything else is a bug of onnxlrp's, said in
     one line with the node concerned."""
     try:
-        if not is_large(model):
-            onnx.checker.check_model(model, full_check=True)
-        else:   # onnx's checker refuses a protobuf over 2 GiB in memory
+        if is_large(model):   # onnx's checker refuses a protobuf over 2 GiB in memory
             onnx.checker.check_model(structure_only(model))
-        if not is_large(model):
+        else:
+            onnx.checker.check_model(model, full_check=True)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             options.log_severity_level = 3
