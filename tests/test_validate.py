@@ -75,6 +75,7 @@ def test_a_model_over_protobufs_limit_loads_checks_and_explains(monkeypatch, tmp
     expected = Explainer(_small_dense(), composite="epsilon").explain(x).relevance
     monkeypatch.setattr(V, "PROTOBUF_LIMIT", 1000)
     monkeypatch.setattr(V, "ORT_CHECK_LIMIT", 0)   # as for any model over 2 GiB
+    monkeypatch.setattr(onnxlrp.runtime, "FILE_SESSION_BYTES", 1000)
     checked, sources = [], []
     check, session = onnx.checker.check_model, onnxruntime.InferenceSession
     monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: (checked.append(model), check(model))[1])
@@ -102,3 +103,29 @@ def test_a_model_over_protobufs_limit_loads_checks_and_explains(monkeypatch, tmp
     broken.graph.node[0].op_type = "MatMulNot"
     with pytest.raises(ModelLoadError, match="MatMulNot"):
         validate(broken)
+
+
+def test_byte_size_is_protobufs_size_without_serialising_the_weights():
+    """is_large and the checks read the model's size from its structure and its weights' byte counts: protobuf's
+    ByteSize encodes the whole message (seconds for a model of GBs). Raw, typed and sparse weights alike."""
+    from onnxlrp.validate import byte_size
+    model = _small_dense()
+    model.graph.initializer.append(helper.make_tensor("typed", TensorProto.FLOAT, [50], np.arange(50.0)))
+    model.graph.initializer.append(helper.make_tensor("ints", TensorProto.INT64, [3], [1, 2, 3]))
+    sparse = helper.make_sparse_tensor(helper.make_tensor("s", TensorProto.FLOAT, [2], [1.0, 2.0]),
+                                       helper.make_tensor("s_i", TensorProto.INT64, [2], [0, 5]), [10])
+    model.graph.sparse_initializer.append(sparse)
+    exact = model.ByteSize()
+    assert exact - 64 <= byte_size(model) <= exact + 64
+
+
+def test_the_checks_of_a_large_model_never_serialise_its_weights(monkeypatch):
+    """Above ORT_CHECK_LIMIT onnx's checker gets the graph without the weights (checked by onnxlrp's own checks):
+    given the whole model it would serialise a copy of every weight."""
+    import onnxlrp.validate as V
+    monkeypatch.setattr(V, "ORT_CHECK_LIMIT", 0)
+    given = []
+    check = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: (given.append(model), check(model))[1])
+    validate(_small_dense())
+    assert given and not given[0].graph.initializer
