@@ -4,6 +4,7 @@ Each rewrite is one module; `canonicalize` runs them in order.
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 
 import onnx
@@ -35,13 +36,17 @@ class CanonicalModel:
     head_splits: list[list[str]] = field(default_factory=list)   # split_heads: per attention, its Split nodes
 
 
-def canonicalize(model: onnx.ModelProto, output: int | str | None = None, split_heads: bool = False) -> CanonicalModel:
+def canonicalize(model: onnx.ModelProto | list[onnx.ModelProto], output: int | str | None = None,
+                 split_heads: bool = False) -> CanonicalModel:
     """The model in canonical form; `split_heads`: every attention computed one head at a time (heads.py, for
-    the bounded-memory explainer)."""
-    output_names = [o.name for o in model.graph.output]
-    given = without_weights(model)   # what the user gave, for telling whose shape inference failed
+    the bounded-memory explainer). The model is rewritten in place. Handed over as a one-element list that
+    holds its only reference, its memory (GBs for an LLM) goes as soon as the first rewrite has copied it."""
+    handed = model if isinstance(model, list) else [model]
+    del model
+    output_names = [o.name for o in handed[0].graph.output]
+    given = without_weights(handed[0])   # what the user gave, for telling whose shape inference failed
     try:
-        return _canonicalize(model, output, output_names, split_heads)
+        return _canonicalize(handed.pop(), output, output_names, split_heads)
     except ShapeInferenceError as exc:
         try:
             onnx.shape_inference.infer_shapes(given, check_type=True, strict_mode=True, data_prop=True)
@@ -69,10 +74,13 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str], split
         fold_affine(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = infer_shapes(exported(graph, model.ir_version))
+    del graph
+    gc.collect()   # the graph's cycles hold the previous model (GBs for an LLM) until collected
     head_splits = []
     if split_heads:
         model, head_splits = split_attention_heads(model)
         model = infer_shapes(model)
+        gc.collect()
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names, batch=batch,
                           head_splits=head_splits)
 
@@ -88,5 +96,7 @@ def fold_until_stable(model: onnx.ModelProto, rounds: int = 32) -> onnx.ModelPro
         if len(graph.nodes) == before:
             return model      # nothing folded: no export (a copy of every weight)
         model = exported(graph, model.ir_version)
+        del graph
+        gc.collect()
     return infer_shapes(model)
 

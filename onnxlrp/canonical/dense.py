@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import UnsupportedModelError
 from .names import unique_name
@@ -38,9 +39,13 @@ def _normalise_gemm(graph: gs.Graph, node: gs.Node) -> None:
         )
     alpha = float(node.attrs.get("alpha", 1.0))
     beta = float(node.attrs.get("beta", 1.0))
-    weight = b.values if int(node.attrs.get("transB", 0)) else b.values.T
-    weight = np.asarray(weight.astype(np.float64) * alpha, dtype=b.values.dtype)
-    inputs = [a, gs.Constant(unique_name(graph, f"{node.name}_W"), np.ascontiguousarray(weight))]
+    if alpha == 1.0 and int(node.attrs.get("transB", 0)):
+        inputs = [a, b]   # already in form: no copy of the weight
+    else:
+        weight = loaded(b) if int(node.attrs.get("transB", 0)) else loaded(b).T
+        if alpha != 1.0:
+            weight = np.asarray(weight.astype(np.float64) * alpha, dtype=weight.dtype)
+        inputs = [a, gs.Constant(unique_name(graph, f"{node.name}_W"), np.ascontiguousarray(weight))]
     if c is not None:
         bias = np.asarray(np.asarray(c.values, dtype=np.float64) * beta, dtype=c.values.dtype)
         inputs.append(gs.Constant(unique_name(graph, f"{node.name}_b"), bias))
@@ -55,15 +60,15 @@ def _normalise_gemm(graph: gs.Graph, node: gs.Node) -> None:
 
 def _matmul_to_gemm(graph: gs.Graph, node: gs.Node) -> None:
     x, w = node.inputs
-    if not isinstance(w, gs.Constant) or w.values.ndim != 2 or isinstance(x, gs.Constant):
+    if not isinstance(w, gs.Constant) or len(w.shape) != 2 or isinstance(x, gs.Constant):
         return  # not a dense layer; the MatMul handler reports it if it lies on the relevance path
     rank = len(x.shape) if x.shape is not None else None
     if rank is None or rank < 2:
         return
     out = node.outputs[0]
-    n_out = w.values.shape[1]
+    k_in, n_out = w.shape
     bias, result = _bias_add_after(graph, out, n_out)
-    weight = np.ascontiguousarray(w.values.T)
+    weight = np.ascontiguousarray(loaded(w).T)
     gemm_inputs = [x, gs.Constant(unique_name(graph, f"{node.name}_W"), weight)]
     if bias is not None:
         gemm_inputs.append(gs.Constant(unique_name(graph, f"{node.name}_b"), bias))
@@ -73,7 +78,6 @@ def _matmul_to_gemm(graph: gs.Graph, node: gs.Node) -> None:
                                    outputs=[result]))
         return
     # [..., K] -> [-1, K] -> Gemm -> [..., N]
-    k_in = w.values.shape[0]
     flat = gs.Variable(unique_name(graph, f"{node.name}_flat_in"), dtype=x.dtype)
     graph.nodes.append(gs.Node("Reshape", unique_name(graph, f"{node.name}_flatten"),
                                inputs=[x, gs.Constant(unique_name(graph, f"{node.name}_flat_shape"),
@@ -93,6 +97,13 @@ def _matmul_to_gemm(graph: gs.Graph, node: gs.Node) -> None:
                                outputs=[target]))
     graph.nodes.append(gs.Node("Reshape", unique_name(graph, f"{node.name}_unflatten"),
                                inputs=[gemm_out, target], outputs=[result]))
+
+
+def loaded(constant: gs.Constant) -> np.ndarray:
+    """The constant's values, without graphsurgeon keeping the loaded copy in the constant (a second copy of
+    every weight that a rewrite replaces, alive until the old constant is collected)."""
+    values = constant._values
+    return values.load() if isinstance(values, LazyValues) else values
 
 
 def _bias_add_after(graph: gs.Graph, out: gs.Variable, n_out: int):

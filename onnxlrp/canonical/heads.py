@@ -53,7 +53,7 @@ def split_attention_heads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
 
 def _shape(tensor, dims: dict) -> list | None:
     if isinstance(tensor, gs.Constant):
-        return list(tensor.values.shape)
+        return list(tensor.shape)
     return dims.get(tensor.name)
 
 

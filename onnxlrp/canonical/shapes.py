@@ -3,18 +3,43 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from .quantized import SPAN_DOMAIN
 
 
 def exported(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
-    """A rewritten graph as a model of the given IR version, without the value_info the rewrites made stale."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    """A rewritten graph as a model of the given IR version, without the value_info the rewrites made stale.
+
+    The weights go in one at a time: graphsurgeon's export holds every weight three times over (a list of
+    tensors, the graph, the model), which for a model of GBs made most of a compile's peak memory."""
+    weights = {name: tensor for name, tensor in graph.tensors().items()
+               if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, SparseValues)
+               and tensor._values.nbytes > _INLINE_BYTES}
+    held = {name: tensor._values for name, tensor in weights.items()}
+    try:
+        for tensor in weights.values():
+            tensor._values = _PLACEHOLDER
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for name, tensor in weights.items():
+            tensor._values = held[name]
+    for slot in model.graph.initializer:
+        tensor = weights.get(slot.name)
+        if tensor is not None:
+            slot.CopyFrom(OnnxExporter.export_tensor_proto(tensor))
+            tensor._values = LazyValues(slot)   # the graph reads the exported copy: a rewritten weight's array is freed
     model.ir_version = ir_version
     del model.graph.value_info[:]
     return model
+
+
+_INLINE_BYTES = 4096   # weights up to this size go through graphsurgeon's export as they are
+_PLACEHOLDER = np.zeros(0, np.float32)
 
 
 def symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:

@@ -25,7 +25,7 @@ from ..fanout import factor_fanout_products
 from ..graph import ForwardGraph
 from ..model import is_large, load_model, save_model
 from ..oneclass import compile_oneclass_explainer, find_one_class_svm
-from ..validate import structure_only
+from ..validate import structure_only, validate
 from ..ops.context import Builder
 from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
@@ -67,7 +67,9 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     proto = load_model(model, check=not isinstance(model, onnx.ModelProto))   # a proto: checked by its caller
     if find_one_class_svm(proto) is not None:   # a one-class SVM: OC-DTD (onnxlrp/oneclass.py)
         return compile_oneclass_explainer(proto, mode)
-    canonical = canonicalize(proto, output, split_heads=memory == "low")
+    handed = [proto]   # canonicalize's alone, so that its memory goes once the first rewrite has copied it
+    del proto
+    canonical = canonicalize(handed, output, split_heads=memory == "low")
     _refuse_control_flow(canonical.model)
     _name_nodes(canonical.model)
     fwd = ForwardGraph(canonical.model)
@@ -207,7 +209,8 @@ def compile(model, output_path: str | os.PathLike, composite: Composite | str | 
     `<output>.data` beside it (default: only for models over 2 GB); onnxruntime then maps them into
     memory instead of copying them out of the file, which lowers a session's peak memory.
     """
-    model = load_model(model)   # files and protos alike are checked once, here
+    if isinstance(model, onnx.ModelProto):
+        validate(model)   # a file is checked as compile_explainer loads it (one copy of the weights, not two)
     compiled = compile_explainer(model, composite=composite, mode=mode, output=output, **options)
     if check:
         check_explainer(compiled.model)

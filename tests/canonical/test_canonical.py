@@ -50,6 +50,27 @@ def test_matmul_add_becomes_gemm_and_logits_found(rng):
     np.testing.assert_allclose(_run(canonical.model, x), _run(model, x), rtol=1e-6)
 
 
+def test_a_model_handed_over_is_canonicalised_alike_and_let_go(rng):
+    """Handed over in a one-element list, the model's only reference is canonicalize's, which lets it go (an LLM's
+    GBs) once the first rewrite has copied it; the canonical model is the same. A Gemm already in canonical form
+    keeps its weight as it is (no copy)."""
+    text = """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 2] y) {
+            h = MatMul (x, w)
+            r = Relu (h)
+            y = Gemm <transB = 1> (r, v)
+        }"""
+    weights = dict(w=rng.normal(size=(4, 3)), v=rng.normal(size=(2, 3)))
+    expected = canonicalize(_with_inits(text, **weights)).model
+    handed = [_with_inits(text, **weights)]
+    canonical = canonicalize(handed)
+    assert handed == []
+    assert canonical.model.SerializeToString() == expected.SerializeToString()
+    gemm = canonical.model.graph.node[-1]
+    assert gemm.op_type == "Gemm" and gemm.input[1] == "v"
+
+
 def test_old_opset_and_initializers_as_inputs_are_normalised(rng):
     model = _with_inits("""
         <ir_version: 3, opset_import: ["" : 9]>

@@ -1,12 +1,20 @@
-"""onnxlrp/canonical/shapes.py: onnxruntime's symbolic shape inference, used for the dims of computed reshapes."""
+"""onnxlrp/canonical/shapes.py: onnxruntime's symbolic shape inference, used for the dims of computed reshapes;
+a rewritten graph exported back to a model."""
 from __future__ import annotations
 
+import gc
+import weakref
+
+import numpy as np
 import onnx.parser
+import onnx_graphsurgeon as gs
 import pytest
+from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxlrp.canonical.shapes import symbolic_dims
+from onnxlrp.canonical.shapes import exported, symbolic_dims
 
-pytest.importorskip("sympy")
+needs_sympy = pytest.mark.skipif(__import__("importlib").util.find_spec("sympy") is None, reason="needs sympy")
 
 # the second dim through a computed reshape: ONNX's own inference leaves it unknown, the symbolic one follows it
 COMPUTED_RESHAPE = """
@@ -31,13 +39,61 @@ g (float[N, 4] x) => (float[N, 4] y)
 """
 
 
+@needs_sympy
 def test_dims_through_a_computed_reshape():
     assert symbolic_dims(onnx.parser.parse_model(COMPUTED_RESHAPE))["y"] == ["N", 2, 2]
 
 
+@needs_sympy
 def test_an_incomplete_inference_gives_no_dims_and_writes_no_file(tmp_path, monkeypatch):
     """onnxruntime's infer_shapes writes sym_shape_infer_temp.onnx into the current folder when some shape stays
     unknown: onnxlrp must leave the user's folder as it was."""
     monkeypatch.chdir(tmp_path)
     assert symbolic_dims(onnx.parser.parse_model(UNKNOWN_OP)) == {}
     assert list(tmp_path.iterdir()) == []
+
+
+# two dense layers: w1 is rewritten (a new array), w2 stays as imported (lazy), b is small
+DENSE = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[N, 64] x) => (float[N, 64] y)
+<float[64] b = {0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5}>
+{
+    h = MatMul(x, w1)
+    z = MatMul(h, w2)
+    y = Add(z, b)
+}
+"""
+
+
+def _dense_model() -> onnx.ModelProto:
+    model = onnx.parser.parse_model(DENSE)
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend(numpy_helper.from_array(rng.normal(size=(64, 64)).astype(np.float32), name)
+                                   for name in ("w1", "w2"))
+    return model
+
+
+def test_exported_writes_the_weights_the_graph_holds_and_lets_rewritten_arrays_go():
+    """The model is the one graphsurgeon's export writes; afterwards the graph's weights read the exported copy, so
+    that a rewritten weight's array (an LLM's GBs in all) is not held beside it."""
+    graph = gs.import_onnx(_dense_model())
+    w1 = graph.tensors()["w1"]
+    rewritten = np.ascontiguousarray(w1.values.T)
+    w1.values = rewritten
+    alive = weakref.ref(rewritten)
+    expected = gs.export_onnx(graph, do_type_check=False)
+    del rewritten
+    model = exported(graph, 9)
+    written = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert written.keys() == {t.name for t in expected.graph.initializer}
+    for tensor in expected.graph.initializer:
+        np.testing.assert_array_equal(written[tensor.name], numpy_helper.to_array(tensor))
+    assert [n.op_type for n in model.graph.node] == [n.op_type for n in expected.graph.node]
+    slots = {t.name: t for t in model.graph.initializer}
+    for name in ("w1", "w2"):   # the weights over the inline size
+        values = graph.tensors()[name]._values
+        assert isinstance(values, LazyValues) and values.tensor.raw_data == slots[name].raw_data
+    gc.collect()
+    assert alive() is None
+    np.testing.assert_array_equal(graph.tensors()["w1"].values, written["w1"])   # the graph still reads it
