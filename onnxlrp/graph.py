@@ -1,7 +1,9 @@
 """Read-only index over a canonical forward graph: producers, consumers, constants, shapes."""
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
+from collections.abc import MutableMapping
 
 import numpy as np
 import onnx
@@ -33,12 +35,58 @@ def dequantize(node: onnx.NodeProto, inputs: list) -> np.ndarray:
     return (x - (zero.reshape(shape) if zero.ndim else zero)) * scale.reshape(shape)
 
 
+class Constants(MutableMapping):
+    """name -> values of a model's initialisers, read from the proto when asked and kept only while someone
+    holds them: every weight as a numpy copy beside the proto doubled a compile's memory (an LLM's GBs), and
+    most weights are never read (a rule that leaves W as it is names the forward's initialiser). Entries set
+    here (dequantized weights) are kept."""
+
+    def __init__(self, initializers):
+        self._tensors = {t.name: t for t in initializers}
+        self._set: dict[str, np.ndarray] = {}
+        self._loaded = weakref.WeakValueDictionary()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._set:
+            return self._set[name]
+        values = self._loaded.get(name)
+        if values is None:
+            values = numpy_helper.to_array(self._tensors[name])
+            self._loaded[name] = values
+        return values
+
+    def __setitem__(self, name: str, values: np.ndarray) -> None:
+        self._set[name] = values
+
+    def __delitem__(self, name: str) -> None:
+        self._set.pop(name, None)
+        self._tensors.pop(name, None)
+
+    def __contains__(self, name) -> bool:
+        return name in self._set or name in self._tensors
+
+    def __iter__(self):
+        yield from self._set
+        yield from (name for name in self._tensors if name not in self._set)
+
+    def __len__(self) -> int:
+        return len(self._set) + sum(1 for name in self._tensors if name not in self._set)
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self._set[name].shape) if name in self._set else tuple(self._tensors[name].dims)
+
+    def elem_type(self, name: str) -> int:
+        if name in self._set:
+            return onnx.helper.np_dtype_to_tensor_dtype(self._set[name].dtype)
+        return self._tensors[name].data_type
+
+
 class ForwardGraph:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         graph = model.graph
         self.nodes = list(graph.node)
-        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.constants = Constants(graph.initializer)
         for node in self.nodes:   # weights a QDQ model dequantizes: their values, for the rules (the forward
             if node.op_type == "DequantizeLinear" and all(i in self.constants for i in node.input if i):  # keeps its
                 self.constants[node.output[0]] = dequantize(node, [self.constants[i] if i else None   # integers)
@@ -69,7 +117,7 @@ class ForwardGraph:
         value = self.value_infos.get(name)
         if value is None:
             if name in self.constants:
-                return tuple(self.constants[name].shape)
+                return self.constants.shape(name)
             return None
         tensor_type = value.type.tensor_type
         if not tensor_type.HasField("shape"):
@@ -101,7 +149,7 @@ class ForwardGraph:
         value = self.value_infos.get(name)
         if value is None:
             if name in self.constants:
-                return onnx.helper.np_dtype_to_tensor_dtype(self.constants[name].dtype)
+                return self.constants.elem_type(name)
             return None
         return value.type.tensor_type.elem_type
 
