@@ -67,15 +67,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         if large:
             data_name = path.name + ".data"
             tmp_data = path.parent / (tmp.name + ".data")
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            # the model refers to its data file by name: rewrite the reference before the rename
-            saved = onnx.load(str(tmp), load_external_data=False)
-            for tensor in _external_tensors(saved):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(saved, str(tmp))
+            write_with_external_data(model, tmp, tmp_data, location=data_name)
             as_if_created(tmp_data)
             os.replace(tmp_data, path.parent / data_name)
         else:
@@ -83,9 +75,51 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         as_if_created(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for left in (tmp, path.parent / (tmp.name + ".data")):
+            if left.exists():
+                left.unlink()
     return path
+
+
+EXTERNAL_MIN_BYTES = 1024   # weights from this size go into the data file
+_PAGE = 4096                # data offsets page-aligned: onnxruntime maps such weights instead of copying them
+
+
+def write_with_external_data(model: onnx.ModelProto, path: Path, data_path: Path, location: str) -> None:
+    """Write `model` to `path` with its weights in `data_path` (which the model names `location`, relative to
+    its folder). The proto is left as it was: onnx.save_model's external data moves the weights out of the
+    proto it is given, and putting them back costs their size again."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    with open(data_path, "wb") as data:
+        for tensor in model.graph.initializer:
+            entry = light.graph.initializer.add()
+            raw = tensor.raw_data if tensor.HasField("raw_data") else b""
+            if len(raw) < EXTERNAL_MIN_BYTES:
+                entry.CopyFrom(tensor)
+                continue
+            entry.name, entry.data_type, entry.doc_string = tensor.name, tensor.data_type, tensor.doc_string
+            entry.dims.extend(tensor.dims)
+            data.write(bytes(-data.tell() % _PAGE))
+            offset = data.tell()
+            data.write(raw)
+            entry.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry.external_data.add(key=key, value=value)
+    onnx.save_model(light, str(path))
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def _external_tensors(model: onnx.ModelProto):

@@ -20,7 +20,8 @@ from .compiler import MEMORY_FORMS, CompiledExplainer, abs_sum_name, compile_exp
 from .errors import InputError, UnsupportedModelError
 from .generation import Generation
 from .llm import DecoderInputs, decoder_inputs, model_file
-from .model import free_input_dims, is_large, load_model, with_input_shapes
+from .model import free_input_dims, load_model, with_input_shapes, write_with_external_data
+from .validate import byte_size
 from .compiler.start import MODES
 
 # The CUDA provider with full float32 convolutions and matrix products: onnxruntime's default TF32 keeps 10
@@ -539,11 +540,11 @@ def default_session_options(threads: int | None) -> ort.SessionOptions:
 
 def new_session(model, options, providers: list) -> ort.InferenceSession:
     """An onnxruntime session on `providers`, with the heap its build freed handed back. `model`: a path, bytes
-    or a ModelProto (one over protobuf's 2 GiB runs from a temporary file with its weights beside it).
+    or a ModelProto (one over FILE_SESSION_BYTES runs from a temporary file with its weights beside it).
     onnxruntime falls back to the CPU, with a log line only, when a provider it was built with cannot load (CUDA
     or cuDNN libraries missing): that is an error here."""
     try:
-        if isinstance(model, onnx.ModelProto) and is_large(model):
+        if isinstance(model, onnx.ModelProto) and byte_size(model) > FILE_SESSION_BYTES:
             session = _session_from_a_file(model, options, providers)
         else:
             source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
@@ -561,16 +562,18 @@ def new_session(model, options, providers: list) -> ort.InferenceSession:
 
 
 def _session_from_a_file(model: onnx.ModelProto, options, providers: list) -> ort.InferenceSession:
-    """The session of a model too large for one protobuf: written with its weights in a data file beside it (which
-    takes them out of the proto), loaded from there, and the weights read back into the proto."""
+    """The session of a large model, loaded from a temporary file with its weights beside it, which onnxruntime
+    maps into memory (the proto is left as it is)."""
     with tempfile.TemporaryDirectory(prefix="onnxlrp-session-", ignore_cleanup_errors=True) as folder:
         path = Path(folder) / "model.onnx"
-        try:
-            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="model.onnx.data", size_threshold=1024)
-            return ort.InferenceSession(str(path), options, providers=providers)
-        finally:
-            onnx.external_data_helper.load_external_data_for_model(model, folder)
+        write_with_external_data(model, path, Path(folder) / "model.onnx.data", location="model.onnx.data")
+        return ort.InferenceSession(str(path), options, providers=providers)
+
+
+# A model above this many bytes makes its session from a file: serialised to bytes it would be held twice more
+# (the bytes, onnxruntime's parse of them), and protobuf encodes a model of GBs at about 0.2 GB/s; over 2 GiB
+# it cannot be serialised at all.
+FILE_SESSION_BYTES = 512 * 1024**2
 
 
 def release_freed_memory() -> None:

@@ -197,3 +197,31 @@ def test_an_explainer_onnxruntime_rejects_is_one_line_naming_onnxlrp_as_the_culp
     with pytest.raises(OnnxLrpError, match="a bug in onnxlrp"):
         compiler.compile(models_dir / "tiny_vgg.onnx", tmp_path / "explainer.onnx")
     assert not (tmp_path / "explainer.onnx").exists()
+
+
+def test_a_large_model_makes_its_session_from_a_file_and_stays_as_it_was(monkeypatch):
+    """Above FILE_SESSION_BYTES a session is built from a temporary file with the weights beside it, which
+    onnxruntime maps (serialised to bytes, the model would be held twice more); the proto is left as it was."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 300], rng.normal(size=1200).astype(np.float32).tobytes(),
+                                raw=True)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 300])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    expected = runtime.new_session(model, runtime.default_session_options(1), ["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    sources = []
+    session = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession",
+                        lambda source, *a, **k: (sources.append(source), session(source, *a, **k))[1])
+    monkeypatch.setattr(runtime, "FILE_SESSION_BYTES", 1000)
+    served = runtime.new_session(model, runtime.default_session_options(1), ["CPUExecutionProvider"])
+    np.testing.assert_array_equal(served.run(None, {"x": x})[0], expected)
+    assert len(sources) == 1 and isinstance(sources[0], str) and "onnxlrp-session-" in sources[0]
+    assert model.SerializeToString() == before
