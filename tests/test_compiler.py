@@ -51,3 +51,25 @@ def test_epsilon_dense_layers_transpose_the_forward_weight_itself(models_dir):
     for gemm in gemms:
         same = [t for t in weights.values() if t.raw_data == weights[gemm.input[1]].raw_data]
         assert len(same) == 1
+
+
+def test_compile_checks_a_given_model_and_leaves_it_as_it_was(models_dir, tmp_path):
+    """onnxlrp.compile checks a ModelProto it is given (a file is checked as the compiler loads it, without a
+    second copy of its weights) and writes the explainer; the proto stays as it was."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    import onnxlrp
+    from onnxlrp.errors import UnsupportedModelError
+    model = onnx.load(models_dir / "tiny_resnet.onnx")
+    before = model.SerializeToString()
+    written = onnxlrp.compile(model, tmp_path / "explainer.onnx", composite="epsilon_plus_flat")
+    assert model.SerializeToString() == before
+    assert onnx.load(str(written)).producer_name == "onnxlrp"
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    with pytest.raises(UnsupportedModelError, match="NaN"):
+        onnxlrp.compile(model, tmp_path / "broken.onnx", composite="epsilon_plus_flat")
+    assert not (tmp_path / "broken.onnx").exists()
