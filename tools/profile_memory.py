@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from onnxlrp.compiler import compile_explainer  # noqa: E402
-from onnxlrp.model import is_large  # noqa: E402
+from onnxlrp.model import is_large, write_with_external_data  # noqa: E402
 from onnxlrp.runtime import default_session_options  # noqa: E402
 
 
@@ -42,10 +42,10 @@ def alive_at_peak(model: onnx.ModelProto, feeds: dict, threads: int,
     options.enable_profiling = True
     options.profile_file_prefix = str(work / "run")
     options.optimized_model_filepath = str(work / "optimised.onnx")
-    source = model.SerializeToString() if not is_large(model) else str(work / "explainer.onnx")
-    if is_large(model):   # over protobuf's 2 GiB: files with the weights beside them, the optimised one too
-        onnx.save_model(model, source, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="explainer.onnx.data", size_threshold=1024)
+    large = is_large(model)
+    source = str(work / "explainer.onnx") if large else model.SerializeToString()
+    if large:   # over protobuf's 2 GiB: files with the weights beside them, the optimised one too
+        write_with_external_data(model, Path(source), work / "explainer.onnx.data", location="explainer.onnx.data")
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          "optimised.onnx.data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
