@@ -5,6 +5,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from onnx import TensorProto, helper
 
 from . import composites as composites_module
 from .compiler import MEMORY_FORMS, CompiledExplainer, abs_sum_name, compile_explainer, rejected_explainer
-from .errors import InputError, UnsupportedModelError
+from .errors import InputError, OnnxLrpError, UnsupportedModelError
 from .generation import Generation
 from .llm import DecoderInputs, decoder_inputs, model_file
 from .model import free_input_dims, load_model, with_input_shapes, write_with_external_data
@@ -549,6 +550,8 @@ def new_session(model, options, providers: list) -> ort.InferenceSession:
         else:
             source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
             session = ort.InferenceSession(source, options, providers=providers)
+    except OnnxLrpError:
+        raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime refusing a model onnxlrp built is onnxlrp's bug
         raise rejected_explainer(exc) from None
     release_freed_memory()
@@ -564,10 +567,18 @@ def new_session(model, options, providers: list) -> ort.InferenceSession:
 def _session_from_a_file(model: onnx.ModelProto, options, providers: list) -> ort.InferenceSession:
     """The session of a large model, loaded from a temporary file with its weights beside it, which onnxruntime
     maps into memory (the proto is left as it is)."""
-    with tempfile.TemporaryDirectory(prefix="onnxlrp-session-", ignore_cleanup_errors=True) as folder:
-        path = Path(folder) / "model.onnx"
-        write_with_external_data(model, path, Path(folder) / "model.onnx.data", location="model.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=providers)
+    folder = None
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="onnxlrp-session-"))
+        write_with_external_data(model, folder / "model.onnx", folder / "model.onnx.data", location="model.onnx.data")
+        return ort.InferenceSession(str(folder / "model.onnx"), options, providers=providers)
+    except OSError as exc:
+        raise OnnxLrpError(f"onnxruntime loads a model of {byte_size(model) / 1e6:.0f} MB from a temporary file, "
+                           f"which could not be written in {tempfile.gettempdir()} ({exc.strerror or exc}); free "
+                           "that much space there, or set TMPDIR to a folder with room") from None
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # A model above this many bytes makes its session from a file: serialised to bytes it would be held twice more

@@ -225,3 +225,27 @@ def test_a_large_model_makes_its_session_from_a_file_and_stays_as_it_was(monkeyp
     np.testing.assert_array_equal(served.run(None, {"x": x})[0], expected)
     assert len(sources) == 1 and isinstance(sources[0], str) and "onnxlrp-session-" in sources[0]
     assert model.SerializeToString() == before
+
+
+def test_a_large_model_without_room_for_its_temporary_file_says_so_and_tmpdir_helps(monkeypatch, tmp_path):
+    """A session of a large model needs a temporary file: where it cannot be written, one line that says where and
+    what to do (not 'a bug in onnxlrp'); following it works."""
+    import tempfile
+
+    from onnx import TensorProto, helper
+
+    from onnxlrp.errors import OnnxLrpError
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 300], np.ones(1200, np.float32).tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 300])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(runtime, "FILE_SESSION_BYTES", 1000)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    with pytest.raises(OnnxLrpError, match="set TMPDIR to a folder with room") as refused:
+        runtime.new_session(model, runtime.default_session_options(1), ["CPUExecutionProvider"])
+    assert "bug" not in str(refused.value) and str(tmp_path / "gone") in str(refused.value)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    session = runtime.new_session(model, runtime.default_session_options(1), ["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.ones((1, 4), np.float32)})[0].shape == (1, 300)
+    assert list(tmp_path.iterdir()) == []   # its temporary folder is gone
