@@ -28,14 +28,28 @@ def exported(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
     finally:
         for name, tensor in weights.items():
             tensor._values = held[name]
+    written = {}
     for slot in model.graph.initializer:
         tensor = weights.get(slot.name)
         if tensor is not None:
             slot.CopyFrom(OnnxExporter.export_tensor_proto(tensor))
             tensor._values = LazyValues(slot)   # the graph reads the exported copy: a rewritten weight's array is freed
+            written[slot.name] = slot
+    for subgraph in _subgraphs(model.graph):   # a branch that reads an outer weight holds a copy of it
+        for slot in subgraph.initializer:
+            if slot.name in written and list(slot.dims) == [0]:
+                slot.CopyFrom(written[slot.name])
     model.ir_version = ir_version
     del model.graph.value_info[:]
     return model
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                yield subgraph
+                yield from _subgraphs(subgraph)
 
 
 _INLINE_BYTES = 4096   # weights up to this size go through graphsurgeon's export as they are

@@ -97,3 +97,24 @@ def test_exported_writes_the_weights_the_graph_holds_and_lets_rewritten_arrays_g
     gc.collect()
     assert alive() is None
     np.testing.assert_array_equal(graph.tensors()["w1"].values, written["w1"])   # the graph still reads it
+
+
+def test_exported_fills_the_copies_of_an_outer_weight_in_a_branch():
+    """graphsurgeon writes an outer weight that a branch reads into the branch as well: that copy holds the weight
+    too (it was left empty, and folding the If later would have inlined an empty weight)."""
+    from onnx import TensorProto, helper
+    weight = numpy_helper.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64), "w")
+    then_branch = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [],
+                                    [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                                    [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+                                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 64]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    model = exported(gs.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), 9)
+    branch = next(a.g for a in model.graph.node[1].attribute if a.name == "then_branch")
+    copies = [t for t in branch.initializer if t.name == "w"]
+    assert copies and all(np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(weight)) for t in copies)
