@@ -35,7 +35,7 @@ def exported(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
             slot.CopyFrom(OnnxExporter.export_tensor_proto(tensor))
             tensor._values = LazyValues(slot)   # the graph reads the exported copy: a rewritten weight's array is freed
             written[slot.name] = slot
-    for subgraph in _subgraphs(model.graph):   # a branch that reads an outer weight holds a copy of it
+    for subgraph in _nested(model.graph):   # a branch that reads an outer weight holds a copy of it
         for slot in subgraph.initializer:
             if slot.name in written and list(slot.dims) == [0]:
                 slot.CopyFrom(written[slot.name])
@@ -44,12 +44,17 @@ def exported(graph: gs.Graph, ir_version: int) -> onnx.ModelProto:
     return model
 
 
-def _subgraphs(graph: onnx.GraphProto):
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds in its attributes: If's branches, Loop's and Scan's bodies."""
+    return [graph for attribute in node.attribute
+            for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs)]
+
+
+def _nested(graph: onnx.GraphProto):
     for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                yield subgraph
-                yield from _subgraphs(subgraph)
+        for subgraph in subgraphs(node):
+            yield subgraph
+            yield from _nested(subgraph)
 
 
 _INLINE_BYTES = 4096   # weights up to this size go through graphsurgeon's export as they are

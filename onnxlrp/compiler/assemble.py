@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 from .. import __version__
 from ..canonical.batch import BATCH_DIM
+from ..canonical.shapes import subgraphs
 from ..ops.context import Builder
 
 LAYER_SUM_PREFIX = "lrp_sum/"
@@ -96,11 +97,10 @@ def live_nodes(nodes: list, outputs: set[str]) -> list:
 def _read_by_subgraphs(node) -> set[str]:
     """Names the node's subgraphs (If, Loop, Scan bodies) read, outer-scope ones among them."""
     names = set()
-    for attribute in node.attribute:
-        for graph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-            for inner in graph.node:
-                names.update(inner.input)
-                names.update(_read_by_subgraphs(inner))
+    for graph in subgraphs(node):
+        for inner in graph.node:
+            names.update(inner.input)
+            names.update(_read_by_subgraphs(inner))
     return names
 
 
