@@ -199,19 +199,23 @@ def test_an_explainer_onnxruntime_rejects_is_one_line_naming_onnxlrp_as_the_culp
     assert not (tmp_path / "explainer.onnx").exists()
 
 
+def _dense_model(weight: np.ndarray):
+    """y = x @ w, with w stored as raw bytes (over the 1 KiB from which weights go beside a model file)."""
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", weight.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", weight.shape[1]])],
+                              [numpy_helper.from_array(weight.astype(np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_a_large_model_makes_its_session_from_a_file_and_stays_as_it_was(monkeypatch):
     """Above FILE_SESSION_BYTES a session is built from a temporary file with the weights beside it, which
     onnxruntime maps (serialised to bytes, the model would be held twice more); the proto is left as it was."""
     import onnxruntime
-    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 300], rng.normal(size=1200).astype(np.float32).tobytes(),
-                                raw=True)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 300])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _dense_model(rng.normal(size=(4, 300)))
     before = model.SerializeToString()
     x = rng.normal(size=(2, 4)).astype(np.float32)
     expected = runtime.new_session(model, runtime.default_session_options(1), ["CPUExecutionProvider"]).run(
@@ -232,14 +236,8 @@ def test_a_large_model_without_room_for_its_temporary_file_says_so_and_tmpdir_he
     what to do (not 'a bug in onnxlrp'); following it works."""
     import tempfile
 
-    from onnx import TensorProto, helper
-
     from onnxlrp.errors import OnnxLrpError
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 300], np.ones(1200, np.float32).tobytes(), raw=True)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 300])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _dense_model(np.ones((4, 300)))
     monkeypatch.setattr(runtime, "FILE_SESSION_BYTES", 1000)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
     with pytest.raises(OnnxLrpError, match="set TMPDIR to a folder with room") as refused:
