@@ -6,7 +6,7 @@
 Stages (EpsilonGammaBox with onnxlrp bench's bounds -3, 3): `compile_explainer(path)` alone (what `onnxlrp compile` does before writing), and `Explainer(path)` with
 its first explanation (load, compile, session, one run: what a user's first call costs). The explanation's input
 is 64 token ids for a model that takes `input_ids` (with an all-ones `attention_mask` where it takes one), else
-`onnxlrp.runtime.sample_feeds` at batch 1. Peak memory is the child's VmHWM, which includes the loaded model;
+normal noise of each float input's shape at batch 1. Peak memory is the child's VmHWM, which includes the loaded model;
 compare it with the model file's size. Run it from another checkout (`PYTHONPATH=OTHER python
 tools/compile_memory.py ...`) for a side-by-side of two versions.
 """
@@ -43,8 +43,9 @@ def _child(stage: str, model: str, composite: str, memory: str) -> None:
 
     from onnxlrp import Explainer
     from onnxlrp.bench import composite_for
+    import onnx
+
     from onnxlrp.compiler import compile_explainer
-    from onnxlrp.runtime import default_session_options, new_session, sample_feeds
     composite = composite_for(composite)   # EpsilonGammaBox with the benchmark's bounds
     start = time.perf_counter()
     if stage == "compile":
@@ -56,11 +57,12 @@ def _child(stage: str, model: str, composite: str, memory: str) -> None:
             ids = (np.arange(64, dtype=np.int64) % 1000)[None]
             feeds = {"input_ids": ids} | ({"attention_mask": np.ones_like(ids)} if "attention_mask" in names else {})
             explainer.explain(feeds)
-        else:
-            session = new_session(model, default_session_options(1), ["CPUExecutionProvider"])
-            feeds = sample_feeds(session, 1)
-            inputs = [v.name for v in explainer.model.graph.input if v.name in feeds]
-            explainer.explain({name: feeds[name] for name in inputs} if len(inputs) > 1 else feeds[inputs[0]])
+        else:   # noise of the model's input shape, batch 1 (free dims 1), built without a session of its own
+            rng = np.random.default_rng(0)
+            feeds = {v.name: rng.normal(size=[1] + [d.dim_value or 1 for d in v.type.tensor_type.shape.dim[1:]])
+                     .astype(np.float32) for v in explainer.model.graph.input
+                     if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+            explainer.explain(feeds if len(feeds) > 1 else next(iter(feeds.values())))
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": _peak_mb()}))
 
 
