@@ -2,6 +2,10 @@
 
     python tools/bench.py                          # both models, batch 1 and 8, 2 threads
     python tools/bench.py --models resnet50 --batches 1 --threads 2 --repeats 10
+    python tools/bench.py --models resnet18,resnet101,vgg11,vgg19 --batches 1   # other sizes of both families
+
+Sizes: vgg11, vgg13, vgg16, vgg19 (torchvision's configurations A, B, D, E, without BatchNorm); resnet18,
+resnet34 (basic blocks), resnet50, resnet101, resnet152 (bottlenecks, stride on the 3 x 3 as torchvision's).
 
 The architectures are built in torch with seeded random weights (no downloads) and exported to ONNX
 (cached in --cache). Needs torch; Zennit (pip install --no-deps zennit) is timed when it imports.
@@ -45,7 +49,18 @@ def _zennit():
 
 
 ZENNIT = _zennit()
-VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG_CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+VGG16 = VGG_CONFIGS["vgg16"]
+# blocks per stage, and whether a block is a bottleneck (1x1, 3x3, 1x1, 4x wider) or basic (3x3, 3x3)
+RESNET_CONFIGS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
+                  "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True),
+                  "resnet152": ((3, 8, 36, 3), True)}
+MODELS = tuple(VGG_CONFIGS) + tuple(RESNET_CONFIGS)
 
 
 class VGG(torch.nn.Module):
@@ -90,19 +105,40 @@ class Bottleneck(torch.nn.Module):
         return self.relu3(joined)
 
 
-class ResNet50(torch.nn.Module):
-    def __init__(self, classes=1000, zennit_sum=False):
+class BasicBlock(torch.nn.Module):
+    def __init__(self, c_in, width, stride, zennit_sum=False):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c_in, width, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = torch.nn.Conv2d(width, width, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(width)
+        self.relu1, self.relu2 = torch.nn.ReLU(), torch.nn.ReLU()
+        self.down = None
+        if stride != 1 or c_in != width:
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(c_in, width, 1, stride, bias=False),
+                                            torch.nn.BatchNorm2d(width))
+        self.sum = ZENNIT[2]() if zennit_sum else None
+
+    def forward(self, x):
+        h = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        skip = x if self.down is None else self.down(x)
+        joined = self.sum(torch.stack([h, skip], dim=-1)) if self.sum is not None else h + skip
+        return self.relu2(joined)
+
+
+class ResNet(torch.nn.Module):
+    def __init__(self, counts=(3, 4, 6, 3), bottleneck=True, classes=1000, zennit_sum=False):
         super().__init__()
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False), torch.nn.BatchNorm2d(64),
                                         torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1))
+        block, expansion = (Bottleneck, 4) if bottleneck else (BasicBlock, 1)
         blocks, c_in = [], 64
-        for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for width, count, stride in zip((64, 128, 256, 512), counts, (1, 2, 2, 2)):
             for k in range(count):
-                blocks.append(Bottleneck(c_in, width, stride if k == 0 else 1, zennit_sum))
-                c_in = width * 4
+                blocks.append(block(c_in, width, stride if k == 0 else 1, zennit_sum))
+                c_in = width * expansion
         self.blocks = torch.nn.Sequential(*blocks)
         self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.fc = torch.nn.Linear(2048, classes)
+        self.fc = torch.nn.Linear(c_in, classes)
 
     def forward(self, x):
         return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
@@ -122,10 +158,11 @@ def _seeded(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 def build(name: str):
     """(model for export, twin for Zennit with BatchNorm merged and Sum at the joins)."""
     torch.manual_seed(0)
-    model = _seeded(VGG() if name == "vgg16" else ResNet50(), 0)
-    if name == "vgg16":
-        return model, model
-    twin = ResNet50(zennit_sum=ZENNIT is not None)
+    if name in VGG_CONFIGS:
+        return (model := _seeded(VGG(VGG_CONFIGS[name]), 0)), model
+    counts, bottleneck = RESNET_CONFIGS[name]
+    model = _seeded(ResNet(counts, bottleneck), 0)
+    twin = ResNet(counts, bottleneck, zennit_sum=ZENNIT is not None)
     twin.load_state_dict(model.state_dict(), strict=False)
     return model, _merge_batchnorm(twin.eval())
 
@@ -139,8 +176,8 @@ def _merge_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
         setattr(parent, bn_name, torch.nn.Identity())
 
     for module in model.modules():
-        if isinstance(module, Bottleneck):
-            for k in (1, 2, 3):
+        if isinstance(module, (Bottleneck, BasicBlock)):
+            for k in (1, 2, 3) if isinstance(module, Bottleneck) else (1, 2):
                 merge(module, f"conv{k}", f"bn{k}")
             if module.down is not None:
                 module.down = torch.nn.Sequential(fuse_conv_bn_eval(module.down[0], module.down[1]))
@@ -197,7 +234,7 @@ def zennit_cases(name: str, composite_names, device: str = "cpu"):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="vgg16,resnet50", help="vgg16, resnet50 (comma-separated)")
+    parser.add_argument("--models", default="vgg16,resnet50", help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--composites", default="epsilon_plus_flat,epsilon_gamma_box")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--threads", type=int, default=2)
@@ -221,7 +258,11 @@ def main(argv=None) -> int:
     print(f"machine: {bench.machine(providers)}; threads {args.threads}; warm-up {args.warmup}; "
           f"median of {args.repeats} in {args.rounds} rounds; "
           f"torch {torch.__version__}; zennit {'yes' if ZENNIT else 'not installed'}")
-    for name in args.models.split(","):
+    models = args.models.split(",")
+    unknown = [name for name in models if name not in MODELS]
+    if unknown:
+        parser.error(f"unknown model {', '.join(unknown)}; one of {', '.join(MODELS)}")
+    for name in models:
         path = export(name, Path(args.cache))
         rows = bench.benchmark(str(path), names, batches, args.threads, args.warmup, args.repeats,
                                memory=not args.no_memory and not gpu, providers=providers,
