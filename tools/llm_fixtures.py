@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
-BENCH_ARCHS = ("qwen2_05b", "llama_35m", "qwen2_05b_vocab")   # built on request only (qwen2_05b: 1.5 GB in
-# float32; qwen2_05b_vocab, the same with Qwen2.5's own vocabulary of 151936: 2.5 GB)
+BENCH_ARCHS = ("qwen2_05b", "llama_35m", "qwen2_05b_vocab", "qwen3_06b", "gemma3_270m")   # built on request only
+# (qwen2_05b: 1.5 GB in float32; qwen2_05b_vocab, the same with Qwen2.5's own vocabulary of 151936: 2.5 GB;
+# qwen3_06b and gemma3_270m: the shapes of Qwen3-0.6B and Gemma 3 270M with a vocabulary of 8192, 1.8 and 0.4 GB)
 EXPORTS = ("torchscript", "dynamo_static", "dynamo_dynamic", "dynamo_opset23", "optimum", "genai_fp32", "genai_int4",
            "genai_int8", "genai_int4_asym", "ort_qdq_int4_weights", "ort_dynamic_int8", "ort_qdq_static_int8")
 # onnxruntime.quantization on the dynamo (dynamic shapes) export: weight-only int4 as DequantizeLinear of constants
@@ -76,6 +77,16 @@ def config_of(arch: str) -> dict:
         return {**config_of("llama"), "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 12,
                 "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 8192,
                 "max_position_embeddings": 8192}
+    if arch == "qwen3_06b":   # Qwen3-0.6B's shape: 28 layers, head_dim 128 wider than hidden / heads
+        return {**config_of("qwen3"), "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+                "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 8192,
+                "max_position_embeddings": 8192, "rope_theta": 1_000_000.0, "tie_word_embeddings": True}
+    if arch == "gemma3_270m":   # Gemma 3 270M's shape: 18 layers, one key/value head of 256, windows of 512 tokens
+        layer_types = ["full_attention" if (k + 1) % 6 == 0 else "sliding_attention" for k in range(18)]
+        return {**config_of("gemma3"), "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
+                "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "query_pre_attn_scalar": 256,
+                "sliding_window": 512, "sliding_window_pattern": 6, "layer_types": layer_types, "vocab_size": 8192,
+                "max_position_embeddings": 8192}
     if arch == "qwen2":   # biases on the q, k, v projections
         return dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_act="silu",
                     tie_word_embeddings=False, use_sliding_window=False, **common)
@@ -96,7 +107,7 @@ def config_of(arch: str) -> dict:
 
 
 EMBEDDING_STD = {"llama": 1.0, "qwen2": 1.0, "qwen3": 1.0, "gemma3": 0.05, "qwen2_05b": 1.0, "llama_35m": 1.0,
-                 "qwen2_05b_vocab": 1.0}
+                 "qwen2_05b_vocab": 1.0, "qwen3_06b": 1.0, "gemma3_270m": 0.05}
 
 
 def make_model(arch: str, seed: int = 0):
@@ -109,13 +120,14 @@ def make_model(arch: str, seed: int = 0):
     import torch
     import transformers
     torch.manual_seed(seed)
+    gemma = config_of(arch)["model_type"] == "gemma3_text"
     config = transformers.AutoConfig.for_model(**config_of(arch))
     config._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:   # Gemma's RMSNorm scales by 1 + weight, the others by weight
-                param.copy_((0.0 if arch == "gemma3" else 1.0) + 0.2 * torch.randn_like(param))
+                param.copy_((0.0 if gemma else 1.0) + 0.2 * torch.randn_like(param))
             elif name.endswith("bias"):
                 param.copy_(0.1 * torch.randn_like(param))
             elif "embed_tokens" in name:
@@ -189,7 +201,12 @@ def export_torch(folder: Path, path: Path, way: str) -> Path:
     else:
         model = load_model(folder)
     wrapper = _LogitsOnly(model)
-    ids = torch.as_tensor(sample_ids())
+    # A trace follows the sliding-window branch only where the example is longer than the window: traced shorter,
+    # the export fails on any prompt longer than the window (Gemma 3 270M's 512).
+    config = model.config   # Qwen's configs carry a window of 4096 with use_sliding_window off
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    window = window if way == "torchscript" else None
+    ids = torch.as_tensor(sample_ids(length=max(SEQ, window + 2) if window else SEQ))
     example = (ids, torch.ones_like(ids))
     names = ["input_ids", "attention_mask"]
     with warnings.catch_warnings():

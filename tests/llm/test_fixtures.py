@@ -102,3 +102,19 @@ def test_lxt_oracle(arch, variant, tmp_path):
     assert result["target"][0] == logits[0, -1].argmax()
     share = np.abs(relevance[0, -1]) / np.abs(relevance[0]).sum()
     assert share < 0.6   # the relevance does not collapse onto the last token
+
+
+def test_torchscript_export_of_a_window_longer_than_the_example_holds_past_the_window(tmp_path, monkeypatch):
+    """A trace follows transformers' sliding-window branch only where its example is longer than the window
+    (Gemma 3 270M's window of 512 against an example of SEQ tokens): traced shorter, the export's Gather fails on
+    every prompt longer than the window. The export traces a longer example, and computes HF's logits on both
+    sides of the window."""
+    window = F.SEQ + 4
+    config = {**F.config_of("gemma3"), "sliding_window": window}
+    monkeypatch.setattr(F, "config_of", lambda arch: config)
+    folder = F.make_hf_folder("gemma3", tmp_path / "hf")
+    path = F.export_torch(folder, tmp_path / "model.onnx", "torchscript")
+    for length in (F.SEQ, window + 5):
+        ids = F.sample_ids(2, length)
+        assert relative(F.ort_logits(path, ids), hf_logits(folder, ids)) < 1e-5, length
+
