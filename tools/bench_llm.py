@@ -80,19 +80,24 @@ else:
 loaded_mb = peak_mb()
 if repeats > 0:   # 0: one run without a warm-up (long prompts)
     call()
+budget = float(sys.argv[7])   # seconds of timed runs: no further run starts past it
 times = []
 for _ in range(max(repeats, 1)):
     start = time.perf_counter()
     call()
     times.append(time.perf_counter() - start)
-print(json.dumps({"ms": 1000 * statistics.median(times), "peak_mb": peak_mb(), "loaded_mb": loaded_mb}))
+    if sum(times) >= budget:
+        break
+print(json.dumps({"ms": 1000 * statistics.median(times), "runs": len(times), "peak_mb": peak_mb(),
+                  "loaded_mb": loaded_mb}))
 """
 
 
 def child(kind: str, path: Path, feeds: dict, threads: int, repeats: int, work: Path,
-          memory_limit_gb: float | None = None) -> dict:
-    """One measurement in a fresh process; with memory_limit_gb its address space is capped there, so that
-    running out of memory is an error of its own ("out of memory") rather than the system's OOM killer."""
+          memory_limit_gb: float | None = None, budget_s: float = float("inf")) -> dict:
+    """One measurement in a fresh process: the median of `repeats` timed runs after a warm-up, fewer where the
+    runs so far took budget_s; with memory_limit_gb its address space is capped there, so that running out of
+    memory is an error of its own ("out of memory") rather than the system's OOM killer."""
     feeds_path = work / "feeds.npz"
     np.savez(feeds_path, **feeds)
 
@@ -101,7 +106,7 @@ def child(kind: str, path: Path, feeds: dict, threads: int, repeats: int, work: 
         limit = int(memory_limit_gb * 2 ** 30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     done = subprocess.run([sys.executable, "-c", CHILD, kind, str(path), str(feeds_path), str(threads), str(repeats),
-                           str(ROOT / "tools")], capture_output=True, text=True, check=False,
+                           str(ROOT / "tools"), str(budget_s)], capture_output=True, text=True, check=False,
                           preexec_fn=cap if memory_limit_gb else None)
     if done.returncode:
         said = done.stderr.strip()

@@ -11,7 +11,8 @@ Decoders (tools/llm_fixtures.py builds them: llama_35m is 12 layers, hidden 512,
 dynamic sequence), batch 1, AttnLRP, the next token at the last position. Inference runs with onnxruntime's
 default session options (as a server runs the model), the explainers with those onnxlrp's Explainer uses
 (onnxlrp.runtime.default_session_options: no memory pattern). Each figure comes from a fresh process: peak resident memory (VmHWM) minus what the process held once its session or model was loaded
-("above loaded"), and the time of one run (median of --repeats after a warm-up). LXT runs the HF model in its
+("above loaded"), and the time of a run (the median of --repeats runs after a warm-up, fewer where the runs so
+far took --budget seconds: at long prompts one or two, where the machine's drift matters less). LXT runs the HF model in its
 efficient mode (float32, frozen weights); "LXT ckpt" with HF's gradient checkpointing (each layer recomputed
 in the backward pass). At the first length the two forms' relevances are compared in this process.
 With --memory-limit GB each process is capped there, and a cell past it shows "OOM". Needs torch,
@@ -83,10 +84,11 @@ def _same_relevance(paths: dict[str, Path], feeds: dict) -> str:
 
 def _ours(args, work: Path, source: Path, paths: dict[str, Path], feeds: dict, explain_feeds: dict) -> dict:
     """Inference and both explainer forms, each in a fresh process."""
-    runs = {"inference": child("ort", source, feeds, args.threads, args.repeats, work, args.memory_limit)}
+    runs = {"inference": child("ort", source, feeds, args.threads, args.repeats, work, args.memory_limit,
+                               args.budget)}
     for form in FORMS:
         runs[form] = child("explainer", paths[form], explain_feeds, args.threads, args.repeats, work,
-                           args.memory_limit)
+                           args.memory_limit, args.budget)
     return runs
 
 
@@ -122,7 +124,7 @@ def decoders(args) -> None:
             for kind in ("lxt", "lxt_checkpointing"):
                 runs[kind] = ({"error": "skipped"} if args.no_lxt else
                               child(kind, F.fixture(args.arch), {"input_ids": ids}, args.threads, args.repeats, work,
-                                    args.memory_limit))
+                                    args.memory_limit, args.budget))
             print(_row([length], runs), flush=True)
 
 
@@ -166,14 +168,17 @@ def main(argv=None) -> int:
     parser.add_argument("--vit", action="store_true", help="ViT-B/16 at --sizes instead of a decoder")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 896])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up (0: one, no warm-up)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs after a warm-up, their median reported (0: one, no warm-up)")
+    parser.add_argument("--budget", type=float, default=20.0, metavar="S",
+                        help="no further timed run starts once the runs so far took S seconds")
     parser.add_argument("--no-lxt", action="store_true", help="leave out the LXT columns")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GB",
                         help="cap each measuring process's address space; past it the cell says OOM")
     args = parser.parse_args(argv)
     from onnxlrp import bench
-    print(f"machine: {bench.machine()}; {args.threads} threads; time: median of {args.repeats} run(s) after a "
-          f"warm-up; MB: peak resident memory above the loaded session or model, each in a fresh process; "
+    print(f"machine: {bench.machine()}; {args.threads} threads; time: median of up to {args.repeats} "
+          f"run(s) after a warm-up, none started past {args.budget:g} s; MB: peak resident memory above the loaded session or model, each in a fresh process; "
           f"{time.strftime('%Y-%m-%d')}\n")
     (vits if args.vit else decoders)(args)
     return 0
