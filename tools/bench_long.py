@@ -5,6 +5,7 @@ one run.
     python tools/bench_long.py                                    # 12-layer 512-wide Llama, 512 .. 4096 tokens
     python tools/bench_long.py --arch qwen2_05b --lengths 512 1024 2048
     python tools/bench_long.py --vit --sizes 448 896              # ViT-B/16 at 448 and 896 px
+    python tools/bench_long.py --vit large --sizes 224 448        # ViT-L/16
 
 Decoders (tools/llm_fixtures.py builds them: llama_35m is 12 layers, hidden 512, 8 heads, 2 key/value heads,
 35 M parameters; qwen2_05b is Qwen2.5-0.5B's shape; random weights), exported with torch.onnx (TorchScript,
@@ -128,10 +129,18 @@ def decoders(args) -> None:
             print(_row([length], runs), flush=True)
 
 
+VIT_SHAPES = {"base": ("ViT-B/16", dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
+                                         intermediate_size=3072)),
+              "large": ("ViT-L/16", dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16,
+                                         intermediate_size=4096))}
+
+
 def vits(args) -> None:
     import torch
     import transformers
-    print("ViT-B/16 (12 layers, hidden 768, 12 heads), random weights, torch.onnx (TorchScript); AttnLRP; batch 1\n")
+    name, shape = VIT_SHAPES[args.vit]
+    print(f"{name} ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, "
+          f"{shape['num_attention_heads']} heads), random weights, torch.onnx (TorchScript); AttnLRP; batch 1\n")
     print("| pixels | tokens | inference s | default s | low s | inference MB | default MB | low MB | "
           "low / default time |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -139,7 +148,7 @@ def vits(args) -> None:
         work = Path(scratch)
         for k, size in enumerate(args.sizes):
             torch.manual_seed(0)
-            config = transformers.ViTConfig(image_size=size, num_labels=1000)
+            config = transformers.ViTConfig(image_size=size, num_labels=1000, **shape)
             config._attn_implementation = "eager"
             model = transformers.ViTForImageClassification(config).eval()
             source = work / f"vit_{size}.onnx"
@@ -165,7 +174,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="llama_35m", choices=F.ARCHS + F.BENCH_ARCHS)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    parser.add_argument("--vit", action="store_true", help="ViT-B/16 at --sizes instead of a decoder")
+    parser.add_argument("--vit", nargs="?", const="base", choices=sorted(VIT_SHAPES),
+                        help="a ViT/16 at --sizes instead of a decoder: base (ViT-B/16, the default) or large")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 896])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3,
