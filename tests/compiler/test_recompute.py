@@ -189,20 +189,25 @@ def test_a_norm_is_fused_in_the_forward_as_in_inference(memory, tmp_path):
     """The relevance pass recomputes a decomposed norm's statistics (both forms), so onnxruntime fuses the norm
     in the explainer's forward as it does in inference: the same logits bit for bit, and the same relevance in
     both forms. Reading the forward's 1 / rms stopped the fusion in the default form (logits 6e-8 apart)."""
-    model = onnx.parser.parse_model(RMS_NORM)
+    forward = _fused_as_inference(onnx.parser.parse_model(RMS_NORM), memory, tmp_path)
+    assert "SimplifiedLayerNormalization" in forward and "Sqrt" not in forward
+
+
+def _fused_as_inference(model: onnx.ModelProto, memory: str, tmp_path) -> list[str]:
+    """The op types of the explainer's forward as onnxruntime optimises it, after checking that the explainer
+    computes the model's logits bit for bit and the same relevance in both forms."""
     compiled = compile_explainer(model, composite="attn_lrp", memory=memory)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
     ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    forward = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node
-               if not n.name.startswith("lrp/") and not n.name.endswith(RECOMPUTED) and "/after/" not in n.name]
-    assert "SimplifiedLayerNormalization" in forward and "Sqrt" not in forward
     x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
     inference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     result = _relevances(model, "attn_lrp", x, memory)
     np.testing.assert_array_equal(result.outputs[0], inference.run(None, {"x": x})[0])
     other = _relevances(model, "attn_lrp", x, "low" if memory == "default" else "default")
     np.testing.assert_array_equal(result.relevance, other.relevance)
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node
+            if not n.name.startswith("lrp/") and not n.name.endswith(RECOMPUTED) and "/after/" not in n.name]
 
 
 # a dense layer with its bias, torch's decomposed erf GELU, a second dense layer: x * (1 + erf(x / sqrt 2)) * 0.5
@@ -231,20 +236,8 @@ def test_an_erf_gelu_is_fused_in_the_forward_as_in_inference(memory, tmp_path):
     explainer's forward (into its Gelu kernel, which rounds differently from Erf) as it does in inference: the
     same logits bit for bit, and the same relevance in both forms. The identity rule's read of x (1 + erf)
     stopped the fusion in the default form (3.4e-5 between the forms on a ViT-L/16)."""
-    model = onnx.parser.parse_model(ERF_GELU)
-    compiled = compile_explainer(model, composite="attn_lrp", memory=memory)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
-    ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    forward = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node
-               if not n.name.startswith("lrp/") and not n.name.endswith(RECOMPUTED) and "/after/" not in n.name]
+    forward = _fused_as_inference(onnx.parser.parse_model(ERF_GELU), memory, tmp_path)
     assert {"Gelu", "BiasGelu"} & set(forward) and "Erf" not in forward
-    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
-    inference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    result = _relevances(model, "attn_lrp", x, memory)
-    np.testing.assert_array_equal(result.outputs[0], inference.run(None, {"x": x})[0])
-    other = _relevances(model, "attn_lrp", x, "low" if memory == "default" else "default")
-    np.testing.assert_array_equal(result.relevance, other.relevance)
 
 
 POOL_AND_NORM = """
