@@ -82,7 +82,23 @@ class VGG(torch.nn.Module):
         return self.classifier(self.features(x))
 
 
-class Bottleneck(torch.nn.Module):
+class _Residual(torch.nn.Module):
+    """The residual join of both block kinds: a projection shortcut where the shape changes, and for Zennit's
+    twin zennit.layer.Sum in place of the +."""
+
+    def _shortcut(self, c_in, c_out, stride, zennit_sum):
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                            torch.nn.BatchNorm2d(c_out))
+        self.sum = ZENNIT[2]() if zennit_sum else None
+
+    def _join(self, h, x):
+        skip = x if self.down is None else self.down(x)
+        return self.sum(torch.stack([h, skip], dim=-1)) if self.sum is not None else h + skip
+
+
+class Bottleneck(_Residual):
     def __init__(self, c_in, width, stride, zennit_sum=False):
         super().__init__()
         c_out = width * 4
@@ -90,39 +106,25 @@ class Bottleneck(torch.nn.Module):
         self.conv2, self.bn2 = torch.nn.Conv2d(width, width, 3, stride, 1, bias=False), torch.nn.BatchNorm2d(width)
         self.conv3, self.bn3 = torch.nn.Conv2d(width, c_out, 1, bias=False), torch.nn.BatchNorm2d(c_out)
         self.relu1, self.relu2, self.relu3 = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.ReLU()
-        self.down = None
-        if stride != 1 or c_in != c_out:
-            self.down = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                            torch.nn.BatchNorm2d(c_out))
-        self.sum = ZENNIT[2]() if zennit_sum else None
+        self._shortcut(c_in, c_out, stride, zennit_sum)
 
     def forward(self, x):
         h = self.relu1(self.bn1(self.conv1(x)))
         h = self.relu2(self.bn2(self.conv2(h)))
-        h = self.bn3(self.conv3(h))
-        skip = x if self.down is None else self.down(x)
-        joined = self.sum(torch.stack([h, skip], dim=-1)) if self.sum is not None else h + skip
-        return self.relu3(joined)
+        return self.relu3(self._join(self.bn3(self.conv3(h)), x))
 
 
-class BasicBlock(torch.nn.Module):
+class BasicBlock(_Residual):
     def __init__(self, c_in, width, stride, zennit_sum=False):
         super().__init__()
         self.conv1 = torch.nn.Conv2d(c_in, width, 3, stride, 1, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(width)
         self.conv2, self.bn2 = torch.nn.Conv2d(width, width, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(width)
         self.relu1, self.relu2 = torch.nn.ReLU(), torch.nn.ReLU()
-        self.down = None
-        if stride != 1 or c_in != width:
-            self.down = torch.nn.Sequential(torch.nn.Conv2d(c_in, width, 1, stride, bias=False),
-                                            torch.nn.BatchNorm2d(width))
-        self.sum = ZENNIT[2]() if zennit_sum else None
+        self._shortcut(c_in, width, stride, zennit_sum)
 
     def forward(self, x):
-        h = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        skip = x if self.down is None else self.down(x)
-        joined = self.sum(torch.stack([h, skip], dim=-1)) if self.sum is not None else h + skip
-        return self.relu2(joined)
+        return self.relu2(self._join(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))), x))
 
 
 class ResNet(torch.nn.Module):
@@ -176,7 +178,7 @@ def _merge_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
         setattr(parent, bn_name, torch.nn.Identity())
 
     for module in model.modules():
-        if isinstance(module, (Bottleneck, BasicBlock)):
+        if isinstance(module, _Residual):
             for k in (1, 2, 3) if isinstance(module, Bottleneck) else (1, 2):
                 merge(module, f"conv{k}", f"bn{k}")
             if module.down is not None:
