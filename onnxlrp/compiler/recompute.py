@@ -162,7 +162,7 @@ def _erf_gelu_insides(fwd) -> set[str]:
         scaled = fwd.producer.get(erf.input[0])
         chain = [scaled] if scaled is not None and scaled.op_type in ("Div", "Mul") else []
         node = erf
-        while True:
+        for _ in range(4):   # erf, + 1, and the two products: no further, whatever reads the GELU
             chain.append(node)
             readers = fwd.consumers.get(node.output[0], [])
             if len(readers) != 1 or readers[0].op_type not in ("Add", "Mul"):
