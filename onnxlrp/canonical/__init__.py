@@ -22,9 +22,10 @@ from .identity import remove_identities
 from .logits import find_logits
 from .pads import explicit_pads, fold_pad_into_conv
 from .quantized import quantized_spans
-from .shapes import ShapeInferenceError, exported, infer_shapes, without_weights
+from .shapes import ShapeInferenceError, exported, infer_shapes, symbolic_dims, without_weights
 from .slice_assign import unscatter_slice_assignments
 from .versions import normalise_versions
+from .whole_slices import skip_whole_slices
 
 
 @dataclass
@@ -38,8 +39,8 @@ class CanonicalModel:
 
 def canonicalize(model: onnx.ModelProto | list[onnx.ModelProto], output: int | str | None = None,
                  split_heads: bool = False) -> CanonicalModel:
-    """The model in canonical form; `split_heads`: every attention computed one head at a time (heads.py, for
-    the bounded-memory explainer). The model is rewritten in place. Handed over as a one-element list that
+    """The model in canonical form; `split_heads`: every attention computed one head at a time (heads.py) and
+    Slices that keep their whole input read as that input (whole_slices.py), for the bounded-memory explainer. The model is rewritten in place. Handed over as a one-element list that
     holds its only reference, its memory (GBs for an LLM) goes as soon as the first rewrite has copied it."""
     handed = model if isinstance(model, list) else [model]
     del model
@@ -78,7 +79,8 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str], split
     gc.collect()   # the graph's cycles hold the previous model (GBs for an LLM) until collected
     head_splits = []
     if split_heads:
-        model, head_splits = split_attention_heads(model)
+        dims = symbolic_dims(model)
+        model, head_splits = split_attention_heads(skip_whole_slices(model, dims), dims)
         model = infer_shapes(model)
         gc.collect()
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names, batch=batch,

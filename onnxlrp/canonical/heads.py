@@ -33,11 +33,12 @@ ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
 HEAD_AXIS = 1
 
 
-def split_attention_heads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[list[str]]]:
+def split_attention_heads(model: onnx.ModelProto, dims: dict[str, list] | None = None
+                          ) -> tuple[onnx.ModelProto, list[list[str]]]:
     """The model with every attention found split per head (the module's docstring), and per attention the
     names of the Split nodes that cut its operands (output h of each: head h's); the model itself and [] where
-    there is none."""
-    dims = symbolic_dims(model)
+    there is none. `dims`: the model's symbolic_dims, where the caller has them."""
+    dims = symbolic_dims(model) if dims is None else dims
     if not dims:
         return model, []
     graph = gs.import_onnx(model)
