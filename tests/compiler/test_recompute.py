@@ -343,6 +343,15 @@ def test_a_mask_built_from_the_inputs_shape_is_computed_once():
     assert copied and not copied & {"ConstantOfShape", "Trilu"}
 
 
+def test_only_copies_that_read_no_other_copy_read_checkpoints_through_the_signal():
+    """A copy that reads another copy already waits for the relevance pass and differs from the node it copies,
+    so the checkpoints it reads need no dependency on the signal; each such dependency is a pass over the
+    checkpoint (the mask that each head's scores add: [seq, seq] per head and layer)."""
+    low = compile_explainer(onnx.parser.parse_model(DECODER), composite="attn_lrp", memory="low")
+    gated = {n.input[0] for n in low.model.graph.node if "/after/" in n.name}
+    assert gated and "mask" not in gated
+
+
 def test_shape_reads_are_taken_off_kept_tensors():
     """A relevance node that reads only a shape (a Reshape sent back needs its input's) reads dims of kept
     tensors that have them (onnxruntime's symbolic shape inference names them), instead of making the relevance
