@@ -18,10 +18,7 @@ shape inference): a copy made early for a shape would make onnxruntime compute, 
 attention's output: every head's probabilities) long before the relevance pass needs them. The forward then
 frees a block's internals as soon as the next block has read them, and the relevance pass holds one block's
 recomputed internals at a time (one head's, with the attention split per head and each head's signals tied:
-canonical/heads.py, walk.Walk._tie_heads). Where the relevance pass needs an attention's output before its
-heads (a norm after the attention, as in Gemma, reads its statistics off it), each head's scores and
-probabilities are computed once for that output and once more for the head's relevance, rather than held in
-between (`_forget_scores`).
+canonical/heads.py, walk.Walk._tie_heads).
 
 onnxruntime must run each copy late, when the relevance pass reaches it: its default order runs a node as
 soon as its inputs exist (the copies would run during the forward and be held all the same), and
@@ -45,7 +42,6 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from ..canonical.heads import ELEMENTWISE
 from ..canonical.shapes import symbolic_dims
 from ..ops.context import Builder
 
@@ -197,8 +193,7 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
                     kept_axis.setdefault(dim, (name, axis))
     dim_reads: dict[object, str] = {}
     copies: dict[str, str] = {}    # forward tensor -> its recomputed copy
-    read: set[str] = set()         # forward tensors whose copy a relevance node reads
-    made: dict[str, int] = {}      # forward tensor -> how many copies of it there are
+    as_kept: set[str] = set()      # forward tensors whose "copy" is a kept tensor itself (a cast to its own type)
     gates: dict[tuple[str, str], str] = {}
     zeros: dict[str, str] = {}     # signal -> 0 * one of its elements
     late = {explained}             # tensors computed from the explained output: the walk's signals
@@ -209,10 +204,8 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
         result.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
-    def gated(checkpoint: str, signal: str | None, copy_of: str | None = None) -> str:
-        """`checkpoint` (or a copy of the forward tensor `copy_of`) through a dependency on `signal`."""
-        tensor = copy_of or checkpoint
-        if signal is None or tensor not in producer and tensor not in keep or not is_float(tensor):
+    def gated(checkpoint: str, signal: str | None) -> str:
+        if signal is None or checkpoint not in producer and checkpoint not in keep or not is_float(checkpoint):
             return checkpoint
         if signal not in zeros:
             flat = emit("Reshape", [signal, b.ints([-1])], f"{signal}/flat")
@@ -237,26 +230,31 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
             if missing:
                 stack.extend(missing)
                 continue
-            again = f"/{made[top]}" if made.get(top) else ""
+            if node.op_type == "Cast" and _attribute(node, "to") == TensorProto.FLOAT and is_float(node.input[0]):
+                # a float cast to float (torch's exports cast each layer's mask so) reads its input as it is
+                source = node.input[0]
+                copies[top] = copies.get(source, source)
+                if source not in copies:
+                    as_kept.add(top)
+                stack.pop()
+                continue
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
-            copy.name = node.name + again + RECOMPUTED
+            copy.name = node.name + RECOMPUTED
             # a copy that reads another copy runs late and differs from the node it copies: its checkpoints are
             # read as they are, not through the signal (a layer's mask: one [seq, seq] pass less)
-            after_a_copy = any(name in copies for name in node.input if name)
+            after_a_copy = any(name in copies and name not in as_kept for name in node.input if name)
             for k, name in enumerate(copy.input):
                 if not name:
                     continue
-                if name not in copies:
-                    copy.input[k] = name if after_a_copy else gated(name, signal)
-                elif again and node.op_type == "MatMul":   # scores made again (_forget_scores) read Q and K
-                    copy.input[k] = gated(copies[name], signal, copy_of=name)   # through the signal: else
-                else:                                                           # onnxruntime merges the copies
+                if name not in copies or name in as_kept:
+                    kept_tensor = copies.get(name, name)
+                    copy.input[k] = kept_tensor if after_a_copy else gated(kept_tensor, signal)
+                else:
                     copy.input[k] = copies[name]
             for k, name in enumerate(copy.output):
                 if name:
-                    copies[name] = copy.output[k] = name + again + RECOMPUTED
-                    made[name] = made.get(name, 0) + 1
+                    copies[name] = copy.output[k] = name + RECOMPUTED
             result.append(copy)
             stack.pop()
         return copies[tensor]
@@ -285,39 +283,13 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
                 continue
         for k, name in enumerate(node.input):
             if name and name in producer and name not in keep:
-                if name in copies and name not in read and _probabilities(name, producer):
-                    read.update(_forget_scores(name, producer, copies))
                 node.input[k] = recomputed(name, signal)
-                read.add(name)
         result.append(node)
     return result
 
 
-def _probabilities(tensor: str, producer: dict) -> bool:
-    """Is the tensor a Softmax's output (or a Cast of it, as torch's exports cast them before MatMul(P, V))?"""
-    while producer[tensor].op_type == "Cast" and producer[tensor].input[0] in producer:
-        tensor = producer[tensor].input[0]
-    return producer[tensor].op_type == "Softmax"
-
-
-def _forget_scores(probabilities: str, producer: dict, copies: dict[str, str]) -> set[str]:
-    """Drops the copies of an attention's probabilities and of the scores they come from (element-wise ops back
-    to the MatMul of Q and K^T), made on the way to another tensor, so that the relevance node reading them
-    has them computed again right before it. Where the relevance pass first recomputes the attention's output
-    (for the statistics of a norm after it, as in Gemma), each head's probabilities would otherwise be held
-    from then until that head's relevance: every head's at once, the quadratic memory the head split is there
-    to avoid. The cost: each head's scores and softmax once more. Returns the tensors whose copies it dropped."""
-    stack, dropped = [probabilities], set()
-    while stack:
-        tensor = stack.pop()
-        if copies.pop(tensor, None) is None:
-            continue
-        dropped.add(tensor)
-        node = producer[tensor]
-        if node.op_type != "MatMul":
-            stack.extend(i for i in node.input if i in producer
-                         and producer[i].op_type in ("Softmax", "MatMul", "Cast") + ELEMENTWISE)
-    return dropped
+def _attribute(node: onnx.NodeProto, name: str):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 
 def _read_dims(shape_node: onnx.NodeProto, dims: tuple | None) -> list | None:

@@ -352,6 +352,21 @@ def test_only_copies_that_read_no_other_copy_read_checkpoints_through_the_signal
     assert gated and "mask" not in gated
 
 
+def test_a_float_cast_of_a_checkpoint_is_read_as_the_checkpoint():
+    """torch's exports cast each layer's mask to its own type: the relevance pass reads the kept mask itself,
+    with no copy of the cast and no pass through the signal (each was a [seq, seq] tensor per layer), and the
+    two forms explain alike."""
+    text = DECODER.replace("mask1 = Slice(mask, zero, length, three)", "mask1 = Cast <to = 1> (mask)").replace(
+        "mask2 = Slice(mask, zero, length, three)", "mask2 = Cast <to = 1> (mask)")
+    model = onnx.parser.parse_model(text)
+    low = compile_explainer(model, composite="attn_lrp", memory="low")
+    assert not [n.name for n in low.model.graph.node if n.name.endswith(RECOMPUTED) and n.op_type == "Cast"]
+    assert "mask" not in {n.input[0] for n in low.model.graph.node if "/after/" in n.name}
+    x = np.random.default_rng(4).normal(size=(2, 7, 8)).astype(np.float32)
+    default, low = (_relevances(model, "attn_lrp", x, memory) for memory in ("default", "low"))
+    np.testing.assert_allclose(low.relevance, default.relevance, rtol=1e-5, atol=1e-6 * np.abs(default.relevance).max())
+
+
 def test_shape_reads_are_taken_off_kept_tensors():
     """A relevance node that reads only a shape (a Reshape sent back needs its input's) reads dims of kept
     tensors that have them (onnxruntime's symbolic shape inference names them), instead of making the relevance
@@ -361,34 +376,14 @@ def test_shape_reads_are_taken_off_kept_tensors():
     assert shape_reads and not [name for name in shape_reads if name.endswith(RECOMPUTED)]
 
 
-def _post_norm(text: str) -> str:
-    """Each block's attention output RMS-normed before its residual join, as Gemma 2 and 3 write it (torch's
-    export casts the probabilities before MatMul(P, V))."""
-    for k in (1, 2):
-        h = "x" if k == 1 else "r1"
-        text = text.replace(f"o{k} = MatMul(p{k}, vt{k})", f"""pc{k} = Cast <to = 1> (p{k})
-    o{k} = MatMul(pc{k}, vt{k})""")
-        text = text.replace(f"r{k} = Add({h}, out{k})", f"""sq{k} = Pow(out{k}, two)
-    ms{k} = ReduceMean <axes = [-1]> (sq{k})
-    mse{k} = Add(ms{k}, eps)
-    rms{k} = Sqrt(mse{k})
-    inv{k} = Div(one, rms{k})
-    normed{k} = Mul(out{k}, inv{k})
-    r{k} = Add({h}, normed{k})""")
-    return text.replace("float half = {0.5},", "float half = {0.5}, float two = {2.0}, float eps = {1e-6}, "
-                        "float one = {1.0},")
-
-
-@pytest.mark.parametrize("projections", ["q k v", "v k q", "post-norm"])
+@pytest.mark.parametrize("projections", ["q k v", "v k q"])
 def test_the_relevance_pass_holds_one_heads_probabilities_at_a_time(projections, tmp_path):
     """In onnxruntime's order (default, all optimisations), the [queries, keys] tensors of one head's relevance
     (its recomputed scores and probabilities, the softmax rule's) are all dead before the next head's first is
     computed, whichever projection the model computes first (onnxruntime's order follows the graph's). Without
     the signals at one head's Q, K and V tied together, the relevance to Q of every head ran before that to K
-    and V, with every head's probabilities held until then (or the other way round). With a norm after the
-    attention (Gemma's), recomputing the norm's statistics needed the attention's output, computed from every
-    head's probabilities, which were then held until each head's relevance read them."""
-    text = _post_norm(DECODER) if projections == "post-norm" else DECODER
+    and V, with every head's probabilities held until then (or the other way round)."""
+    text = DECODER
     if projections == "v k q":   # the projections written in the other order
         for k in (1, 2):
             lines = [f"q{k} = MatMul(", f"k{k} = MatMul(", f"v{k} = MatMul("]
