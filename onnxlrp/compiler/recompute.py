@@ -23,9 +23,10 @@ canonical/heads.py, walk.Walk._tie_heads).
 onnxruntime must run each copy late, when the relevance pass reaches it: its default order runs a node as
 soon as its inputs exist (the copies would run during the forward and be held all the same), and
 common-subexpression elimination would merge a copy back into the forward node it copies. So each
-checkpoint a copy reads is first made to depend on the relevance signal that triggers the copy:
-c + 0 * (one element of the signal), exact, one pass over c. The explainer then needs no session
-settings (a server runs it as it is).
+checkpoint read by a copy that reads no other copy is first made to depend on the relevance signal that
+triggers the copy: c + 0 * (one element of the signal), exact, one pass over c (a copy that reads another
+copy waits and differs already). The explainer then needs no session settings (a server runs it as it is).
+A float cast to float of a checkpoint (torch's exports cast each layer's mask so) is read as the checkpoint.
 
 Both forms recompute the statistics of decomposed norms (RMSNorm's and LayerNorm's mean of squares, its
 root and reciprocal: one reduction over a [seq, hidden] tensor) and the insides of decomposed erf GELUs
@@ -230,7 +231,8 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
             if missing:
                 stack.extend(missing)
                 continue
-            if node.op_type == "Cast" and _attribute(node, "to") == TensorProto.FLOAT and is_float(node.input[0]):
+            if node.op_type == "Cast" and is_float(node.input[0]) and {
+                    a.name: helper.get_attribute_value(a) for a in node.attribute}.get("to") == TensorProto.FLOAT:
                 # a float cast to float (torch's exports cast each layer's mask so) reads its input as it is
                 source = node.input[0]
                 copies[top] = copies.get(source, source)
@@ -286,10 +288,6 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
                 node.input[k] = recomputed(name, signal)
         result.append(node)
     return result
-
-
-def _attribute(node: onnx.NodeProto, name: str):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 
 def _read_dims(shape_node: onnx.NodeProto, dims: tuple | None) -> list | None:
