@@ -40,8 +40,9 @@ class CanonicalModel:
 def canonicalize(model: onnx.ModelProto | list[onnx.ModelProto], output: int | str | None = None,
                  split_heads: bool = False) -> CanonicalModel:
     """The model in canonical form; `split_heads`: every attention computed one head at a time (heads.py) and
-    Slices that keep their whole input read as that input (whole_slices.py), for the bounded-memory explainer. The model is rewritten in place. Handed over as a one-element list that
-    holds its only reference, its memory (GBs for an LLM) goes as soon as the first rewrite has copied it."""
+    Slices that keep their whole input read as that input (whole_slices.py), for the bounded-memory explainer.
+    The model is rewritten in place. Handed over as a one-element list that holds its only reference, its
+    memory (GBs for an LLM) goes as soon as the first rewrite has copied it."""
     handed = model if isinstance(model, list) else [model]
     del model
     output_names = [o.name for o in handed[0].graph.output]

@@ -324,12 +324,15 @@ decoder (float[N, S, 8] x) => (float[N, 3] logits)
 """
 
 
-def test_a_decoder_of_any_length_is_explained_alike_in_both_forms():
-    model = onnx.parser.parse_model(DECODER)
+def _decoder_explained_alike_in_both_forms(model: onnx.ModelProto) -> None:
     x = np.random.default_rng(4).normal(size=(2, 7, 8)).astype(np.float32)
     default, low = (_relevances(model, "attn_lrp", x, memory) for memory in ("default", "low"))
     np.testing.assert_array_equal(low.outputs[0], default.outputs[0])
     np.testing.assert_allclose(low.relevance, default.relevance, rtol=1e-5, atol=1e-6 * np.abs(default.relevance).max())
+
+
+def test_a_decoder_of_any_length_is_explained_alike_in_both_forms():
+    _decoder_explained_alike_in_both_forms(onnx.parser.parse_model(DECODER))
 
 
 def test_a_mask_built_from_the_inputs_shape_is_computed_once():
@@ -362,9 +365,7 @@ def test_a_float_cast_of_a_checkpoint_is_read_as_the_checkpoint():
     low = compile_explainer(model, composite="attn_lrp", memory="low")
     assert not [n.name for n in low.model.graph.node if n.name.endswith(RECOMPUTED) and n.op_type == "Cast"]
     assert "mask" not in {n.input[0] for n in low.model.graph.node if "/after/" in n.name}
-    x = np.random.default_rng(4).normal(size=(2, 7, 8)).astype(np.float32)
-    default, low = (_relevances(model, "attn_lrp", x, memory) for memory in ("default", "low"))
-    np.testing.assert_allclose(low.relevance, default.relevance, rtol=1e-5, atol=1e-6 * np.abs(default.relevance).max())
+    _decoder_explained_alike_in_both_forms(model)
 
 
 def test_shape_reads_are_taken_off_kept_tensors():
