@@ -119,14 +119,15 @@ def decoders(args) -> None:
             feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             explain_feeds = {**feeds, target: np.full(1, -1, np.int64), position: np.full(1, length - 1, np.int64)}
             if k == 0:
-                print(f"(relevance, low against default form at {length} tokens, relative L2: "
-                      f"{_same_relevance(paths, explain_feeds)})\n", flush=True)
+                same = (f"(relevance, low against default form at {length} tokens, relative L2: "
+                        f"{_same_relevance(paths, explain_feeds)})")
             runs = _ours(args, work, source, paths, feeds, explain_feeds)
             for kind in ("lxt", "lxt_checkpointing"):
                 runs[kind] = ({"error": "skipped"} if args.no_lxt else
                               child(kind, F.fixture(args.arch), {"input_ids": ids}, args.threads, args.repeats, work,
                                     args.memory_limit, args.budget))
             print(_row([length], runs), flush=True)
+    print(f"\n{same}")   # after the table, which a line inside would cut in two (tools/bench_versions.py reads it)
 
 
 VIT_SHAPES = {"base": ("ViT-B/16", dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
@@ -164,10 +165,11 @@ def vits(args) -> None:
             feeds = {"pixel_values": x}
             explain_feeds = {**feeds, target: np.full(1, -1, np.int64)}
             if k == 0:
-                print(f"(relevance, low against default form at {size} px, relative L2: "
-                      f"{_same_relevance(paths, explain_feeds)})\n", flush=True)
+                same = (f"(relevance, low against default form at {size} px, relative L2: "
+                        f"{_same_relevance(paths, explain_feeds)})")
             print(_row([size, (size // 16) ** 2 + 1], _ours(args, work, source, paths, feeds, explain_feeds)),
                   flush=True)
+    print(f"\n{same}")
 
 
 def main(argv=None) -> int:

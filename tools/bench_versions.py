@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 
-KEY_COLUMNS = ("batch", "tokens", "seq")   # numeric columns that name a row rather than measure it
+KEY_COLUMNS = ("batch", "tokens", "seq", "pixels")   # numeric columns that name a row rather than measure it
+NO_FIGURE = ("-", "–", "OOM", "failed")   # a cell with no figure (one side may have one): not a row's name
 
 
 def tables(text: str) -> dict[tuple, dict[str, float]]:
@@ -45,7 +46,7 @@ def tables(text: str) -> dict[tuple, dict[str, float]]:
         if all(set(c) <= set("-: ") for c in cells):
             continue
         key = (heading,) + tuple(f"{h} {c}" if h in KEY_COLUMNS else c for c, h in zip(cells, header)
-                                 if c and (h in KEY_COLUMNS or not NUMBER.match(c)))
+                                 if c and (h in KEY_COLUMNS or not (NUMBER.match(c) or c in NO_FIGURE)))
         values = {h: float(c) for c, h in zip(cells, header) if NUMBER.match(c) and h not in KEY_COLUMNS}
         rows[key] = values
     return rows
