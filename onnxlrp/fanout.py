@@ -11,12 +11,14 @@ from collections import Counter
 
 from onnx import NodeProto, helper
 
+from .canonical.shapes import outer_reads
+
 
 def factor_fanout_products(nodes: list[NodeProto], keep: set[str] = frozenset()) -> list[NodeProto]:
     """`nodes` with each Sum of Muls that share an operand rewritten as one Mul of a Sum. A Mul is only taken
     when the Sum is its one reader and its output is not in `keep` (graph outputs)."""
     producer = {out: node for node in nodes for out in node.output}
-    readers = Counter(name for node in nodes for name in node.input)
+    readers = Counter(name for node in nodes for name in [*node.input, *outer_reads(node)])
     dropped: set[int] = set()
     rewritten: dict[int, list[NodeProto]] = {}
     for node in nodes:

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from onnxlrp.canonical.shapes import outer_reads, subgraphs  # noqa: E402
 from onnxlrp.compiler import compile_explainer  # noqa: E402
 from onnxlrp.model import is_large, write_with_external_data  # noqa: E402
 from onnxlrp.runtime import default_session_options  # noqa: E402
@@ -53,26 +54,40 @@ def alive_at_peak(model: onnx.ModelProto, feeds: dict, threads: int,
     session.run(None, feeds)
     events = [e for e in json.loads(Path(session.end_profiling()).read_text())
               if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    nodes = {n.name: n for n in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node}
+    nodes = _nodes(onnx.load(options.optimized_model_filepath, load_external_data=False).graph)
     order = [e["name"][:-len("_kernel_time")] for e in events]
-    last_read = {}
-    for k, name in enumerate(order):
-        for tensor in nodes[name].input:
-            last_read[tensor] = k
+    # each time a tensor is made, the last read before it is made again (a Loop's body runs once per iteration)
+    dies, pending = {}, {}
+    for k in range(len(order) - 1, -1, -1):
+        for tensor in nodes[order[k]].output:
+            dies[k, tensor] = pending.pop(tensor, k)
+        for tensor in list(nodes[order[k]].input) + sorted(outer_reads(nodes[order[k]])):
+            pending.setdefault(tensor, k)
     outputs = {o.name for o in model.graph.output}
     relevance_pass = next(k for k, name in enumerate(order) if logits in nodes[name].output)
-    alive, peaks = {}, {"run": (0, "", 0, []), "relevance pass": (0, "", 0, [])}
+    alive, death, peaks = {}, {}, {"run": (0, "", 0, []), "relevance pass": (0, "", 0, [])}
     for k, (name, event) in enumerate(zip(order, events)):
         made = [o for o in nodes[name].output if o]
         for tensor in made:   # the profile gives a node's outputs together
             alive[tensor] = int(event["args"].get("output_size", 0)) // max(1, len(made))
+            death[tensor] = dies[k, tensor]
         held = sum(alive.values())
         for part in [p for p in peaks if p == "run" or k >= relevance_pass]:
             if held > peaks[part][0]:
                 peaks[part] = (held, name, k, sorted(((size, t) for t, size in alive.items()), reverse=True))
-        for tensor in [t for t in alive if last_read.get(t, -1) <= k and t not in outputs]:
+        for tensor in [t for t in alive if death[t] <= k and t not in outputs]:
             del alive[tensor]
     return peaks
+
+
+def _nodes(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The graph's nodes by name, those of its nodes' subgraphs (a Loop's body) included."""
+    nodes = {}
+    for node in graph.node:
+        nodes[node.name] = node
+        for subgraph in subgraphs(node):
+            nodes.update(_nodes(subgraph))
+    return nodes
 
 
 def decoder_feeds(compiled, tokens: int) -> dict:

@@ -17,7 +17,7 @@ from .batchnorm import fold_batchnorm
 from .defuse import defuse_contrib_ops
 from .dense import normalise_dense
 from .fold_constants import fold_constants
-from .heads import split_attention_heads
+from .heads import SplitAttention, split_attention_heads
 from .identity import remove_identities
 from .logits import find_logits
 from .pads import explicit_pads, fold_pad_into_conv
@@ -34,7 +34,7 @@ class CanonicalModel:
     logits: str             # name of the tensor the explanation starts from
     output_names: list[str]  # the original model's outputs, in order
     batch: int | None = None  # None: a dynamic batch; else the batch size the model is fixed to
-    head_splits: list[list[str]] = field(default_factory=list)   # split_heads: per attention, its Split nodes
+    attentions: list[SplitAttention] = field(default_factory=list)   # split_heads: the attentions split per head
 
 
 def canonicalize(model: onnx.ModelProto | list[onnx.ModelProto], output: int | str | None = None,
@@ -78,14 +78,14 @@ def _canonicalize(model: onnx.ModelProto, output, output_names: list[str], split
     model = infer_shapes(exported(graph, model.ir_version))
     del graph
     gc.collect()   # the graph's cycles hold the previous model (GBs for an LLM) until collected
-    head_splits = []
+    attentions = []
     if split_heads:
         dims = symbolic_dims(model)
-        model, head_splits = split_attention_heads(skip_whole_slices(model, dims), dims)
+        model, attentions = split_attention_heads(skip_whole_slices(model, dims), dims)
         model = infer_shapes(model)
         gc.collect()
     return CanonicalModel(model=model, logits=find_logits(model, output), output_names=output_names, batch=batch,
-                          head_splits=head_splits)
+                          attentions=attentions)
 
 
 def fold_until_stable(model: onnx.ModelProto, rounds: int = 32) -> onnx.ModelProto:

@@ -22,6 +22,8 @@ reshapes (ONNX's own leaves their dims unknown); where it fails, nothing is spli
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -33,11 +35,27 @@ ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
 HEAD_AXIS = 1
 
 
+@dataclass
+class HeadChain:
+    """One head's chain after the split, by the names of its tensors and nodes."""
+    queries: str            # Q_h, the scores product's first operand
+    keys: str               # K^T_h, its second
+    values: str             # V_h, the output product's second operand
+    output: str             # the head's output, MatMul(probabilities, V_h)
+    nodes: list[str]        # the chain's nodes in forward order, the scores product first, the output product last
+
+
+@dataclass
+class SplitAttention:
+    splits: list[str]                                   # the Split nodes that cut its operands (output h: head h's)
+    heads: list[HeadChain] = field(default_factory=list)
+
+
 def split_attention_heads(model: onnx.ModelProto, dims: dict[str, list] | None = None
-                          ) -> tuple[onnx.ModelProto, list[list[str]]]:
-    """The model with every attention found split per head (the module's docstring), and per attention the
-    names of the Split nodes that cut its operands (output h of each: head h's); the model itself and [] where
-    there is none. `dims`: the model's symbolic_dims, where the caller has them."""
+                          ) -> tuple[onnx.ModelProto, list[SplitAttention]]:
+    """The model with every attention found split per head (the module's docstring), and per attention its
+    Split nodes and its heads' chains; the model itself and [] where there is none. `dims`: the model's
+    symbolic_dims, where the caller has them."""
     dims = symbolic_dims(model) if dims is None else dims
     if not dims:
         return model, []
@@ -119,8 +137,8 @@ def _per_head_operand(tensor, heads: int, dims: dict) -> bool:
 
 
 def _split(graph: gs.Graph, dims: dict, matmul: gs.Node, chain: list, normalise: list, output: gs.Node,
-           heads: int) -> list[str]:
-    """The attention split per head; returns the names of the Split nodes it made."""
+           heads: int) -> SplitAttention:
+    """The attention split per head."""
     parts: dict[int, list] = {}
     splits: list[str] = []
 
@@ -138,22 +156,26 @@ def _split(graph: gs.Graph, dims: dict, matmul: gs.Node, chain: list, normalise:
             splits.append(name)
         return parts[id(tensor)][h]
 
-    def copy(node: gs.Node, h: int, inputs: list) -> gs.Variable:
+    def copy(node: gs.Node, h: int, inputs: list, names: list[str]) -> gs.Variable:
         result = gs.Variable(unique_name(graph, f"{node.outputs[0].name}/head{h}"), dtype=node.outputs[0].dtype)
-        graph.nodes.append(gs.Node(node.op, unique_name(graph, f"{node.name}/head{h}"), dict(node.attrs),
-                                   inputs=inputs, outputs=[result]))
+        names.append(unique_name(graph, f"{node.name}/head{h}"))
+        graph.nodes.append(gs.Node(node.op, names[-1], dict(node.attrs), inputs=inputs, outputs=[result]))
         return result
 
-    results = []
+    results, chains = [], []
     for h in range(heads):
-        tensor = copy(matmul, h, [per_head(t, h) for t in matmul.inputs])
+        names: list[str] = []
+        queries, keys, values = (per_head(t, h) for t in (*matmul.inputs, output.inputs[1]))
+        tensor = copy(matmul, h, [queries, keys], names)
         for node, along in chain:
-            tensor = copy(node, h, [tensor if i == along else per_head(t, h) for i, t in enumerate(node.inputs)])
+            tensor = copy(node, h, [tensor if i == along else per_head(t, h) for i, t in enumerate(node.inputs)],
+                          names)
         for node in normalise:   # the Softmax and the Casts after it
-            tensor = copy(node, h, [tensor])
-        results.append(copy(output, h, [tensor, per_head(output.inputs[1], h)]))
+            tensor = copy(node, h, [tensor], names)
+        results.append(copy(output, h, [tensor, values], names))
+        chains.append(HeadChain(queries.name, keys.name, values.name, results[-1].name, names))
     joined = output.outputs[0]
     output.outputs.clear()
     graph.nodes.append(gs.Node("Concat", unique_name(graph, f"{output.name}/heads"), {"axis": HEAD_AXIS},
                                inputs=results, outputs=[joined]))
-    return splits
+    return SplitAttention(splits, chains)

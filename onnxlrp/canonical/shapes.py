@@ -50,6 +50,34 @@ def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
             for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs)]
 
 
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """The names a node's subgraphs read from outside them (outer-scope values)."""
+    names: set[str] = set()
+    for graph in subgraphs(node):
+        defined = _defined(graph)
+        for inner in graph.node:
+            names.update(name for name in inner.input if name and name not in defined)
+            names.update(outer_reads(inner) - defined)
+    return names
+
+
+def rename_outer_reads(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
+    """Where the node's subgraphs read an outer-scope value named in `renamed`, they read the new name."""
+    for graph in subgraphs(node):
+        defined = _defined(graph)
+        visible = {old: new for old, new in renamed.items() if old not in defined}
+        for inner in graph.node:
+            for k, name in enumerate(inner.input):
+                if name in visible:
+                    inner.input[k] = visible[name]
+            rename_outer_reads(inner, visible)
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    return ({v.name for v in graph.input} | {t.name for t in graph.initializer}
+            | {o for node in graph.node for o in node.output if o})
+
+
 def _nested(graph: onnx.GraphProto):
     for node in graph.node:
         for subgraph in subgraphs(node):

@@ -31,8 +31,10 @@ from .analysis import analyse, cache_axes, explained_sources
 from .assemble import (LAYER_RELEVANCE_PREFIX, LAYER_SUM_PREFIX, CompiledExplainer, abs_sum_name,
                        explainer_model, graph_output, layer_sum, sample_dims, with_dynamic_batch, write_metadata)
 from .output_layer import output_layers_as_matmul
+from .query_chunks import QUERY_CHUNK
 from .row import compute_on_row
-from .recompute import checkpoints, dims_signatures, everything_but_norm_statistics, recompute_forward
+from .recompute import (checkpoints, dims_signatures, everything_but_norm_statistics, norm_inputs_after_heads,
+                        recompute_forward)
 from .signals import RELEVANCE, convert, gather
 from .start import MODES, build_start
 from .walk import Walk
@@ -104,7 +106,8 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     forward_nodes = [_copy(n) for n in fwd.nodes]
     walk = Walk(b, analysis, composite, {n.name: n for n in forward_nodes}, crp, opset, contrastive,
                 record_layers=layer_sums or layer_relevances, batch_fixed=canonical.batch is not None,
-                support=support, head_splits=canonical.head_splits)
+                support=support, attentions=canonical.attentions,
+                query_chunk=QUERY_CHUNK if memory == "low" else None)
     walked = walk.run(start.signal)
 
     batched = with_dynamic_batch if canonical.batch is None else (lambda value: value)
@@ -150,8 +153,11 @@ def compile_explainer(model, composite: Composite | str | None = None, mode: str
     if start.row is not None:
         relevance_nodes = compute_on_row(relevance_nodes, start.row, b, fwd.shape)
     relevance_nodes = factor_fanout_products(relevance_nodes, keep={v.name for v in graph_outputs})
-    kept = (checkpoints(fwd, analysis, {v.name for v in canonical.model.graph.output}) if memory == "low"
-            else everything_but_norm_statistics(fwd, analysis, forward_nodes))
+    if memory == "low":
+        kept = checkpoints(fwd, analysis, {v.name for v in canonical.model.graph.output})
+        kept |= norm_inputs_after_heads(fwd, analysis, kept, {c.output for c in walk.chunked_heads.values()})
+    else:
+        kept = everything_but_norm_statistics(fwd, analysis, forward_nodes)
     relevance_nodes = recompute_forward(forward_nodes, relevance_nodes, kept, b,
                                         lambda name: fwd.elem_type(name) == onnx.TensorProto.FLOAT, logits,
                                         dims_signatures(fwd, canonical.model, memory))

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from .. import __version__
 from ..canonical.batch import BATCH_DIM
-from ..canonical.shapes import subgraphs
+from ..canonical.shapes import outer_reads
 from ..ops.context import Builder
 
 LAYER_SUM_PREFIX = "lrp_sum/"
@@ -90,18 +90,8 @@ def live_nodes(nodes: list, outputs: set[str]) -> list:
         if any(o in needed for o in node.output):
             kept.append(node)
             needed.update(node.input)
-            needed.update(_read_by_subgraphs(node))
+            needed.update(outer_reads(node))
     return kept[::-1]
-
-
-def _read_by_subgraphs(node) -> set[str]:
-    """Names the node's subgraphs (If, Loop, Scan bodies) read, outer-scope ones among them."""
-    names = set()
-    for graph in subgraphs(node):
-        for inner in graph.node:
-            names.update(inner.input)
-            names.update(_read_by_subgraphs(inner))
-    return names
 
 
 def explainer_model(canonical: onnx.ModelProto, nodes, inputs, outputs, initializers) -> onnx.ModelProto:

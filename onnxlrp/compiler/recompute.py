@@ -43,7 +43,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from ..canonical.shapes import symbolic_dims
+from ..canonical.shapes import outer_reads, rename_outer_reads, symbolic_dims
 from ..ops.context import Builder
 
 RECOMPUTED = "/recomputed"
@@ -135,22 +135,54 @@ def everything_but_norm_statistics(fwd, analysis, forward_nodes: list[onnx.NodeP
     + eps, the root and its reciprocal) and the insides of decomposed erf GELUs, which the relevance pass
     recomputes (the module's docstring)."""
     statistics = _erf_gelu_insides(fwd)
-    for sigma in analysis.sigmas:   # Sqrt(ReduceMean(square) [+ eps]), as analysis.normalisers found them
-        statistics.add(sigma)
-        tensor = sigma
-        while (node := fwd.producer.get(tensor)) is not None and node.op_type in ("Sqrt", "Add", "ReduceMean"):
-            computed = [i for i in node.input if i and fwd.const(i) is None]
-            if len(computed) != 1:
-                break
-            tensor = computed[0]
-            statistics.add(tensor)
-            if node.op_type == "ReduceMean":   # reached the square, whose input is the norm's own
-                break
+    for sigma in analysis.sigmas:
+        statistics.update(_statistics(fwd, sigma))
         for consumer in fwd.consumers.get(sigma, []):
             if consumer.op_type == "Reciprocal" or (consumer.op_type == "Div" and consumer.input[1] == sigma
                                                     and fwd.const(consumer.input[0]) is not None):
                 statistics.add(consumer.output[0])
     return ({o for node in forward_nodes for o in node.output if o} | set(fwd.input_names)) - statistics
+
+
+def _statistics(fwd, sigma: str) -> list[str]:
+    """sigma = Sqrt(ReduceMean(square) [+ eps]) (as analysis.normalisers found it) and the tensors it is
+    computed from, back to the square."""
+    chain, tensor = [sigma], sigma
+    while (node := fwd.producer.get(tensor)) is not None and node.op_type in ("Sqrt", "Add", "ReduceMean"):
+        computed = [i for i in node.input if i and fwd.const(i) is None]
+        if len(computed) != 1:
+            break
+        tensor = computed[0]
+        chain.append(tensor)
+        if node.op_type == "ReduceMean":   # reached the square, whose input is the norm's own
+            break
+    return chain
+
+
+def norm_inputs_after_heads(fwd, analysis, keep: set[str], head_outputs: set[str]) -> set[str]:
+    """The inputs of decomposed norms that the relevance pass would recompute from whole attention heads: a
+    norm after the attention, before its residual join (Gemma's), whose statistics the relevance pass needs
+    before it reaches the heads. Where the heads' relevance goes over query chunks (query_chunks.py), nothing
+    else in the relevance pass reads a whole head, and recomputing them for the statistics alone would
+    compute every head's scores twice: kept instead, [seq, hidden] per norm."""
+    found = set()
+    for sigma in analysis.sigmas:
+        square = fwd.producer.get(_statistics(fwd, sigma)[-1])
+        if square is None or square.op_type not in ("Pow", "Mul") or (square.op_type == "Mul"
+                                                                      and square.input[0] != square.input[1]):
+            continue
+        norm_input = square.input[0]
+        stack, seen = [norm_input], set()
+        while stack:   # back from the norm's input to the checkpoints: is a head's output on the way?
+            tensor = stack.pop()
+            if tensor in head_outputs:
+                found.add(norm_input)
+                break
+            if tensor in keep or tensor in seen or tensor not in fwd.producer:
+                continue
+            seen.add(tensor)
+            stack.extend(i for i in fwd.producer[tensor].input if i)
+    return found
 
 
 def _erf_gelu_insides(fwd) -> set[str]:
@@ -262,8 +294,9 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
         return copies[tensor]
 
     for node in relevance_nodes:
-        signal = next((name for name in node.input if name in late and name != explained), latest)
-        if any(name in late for name in node.input):
+        inner = sorted(outer_reads(node))   # a Loop's body (compiler/query_chunks.py) reads Q, K^T, V, the signal
+        signal = next((name for name in list(node.input) + inner if name in late and name != explained), latest)
+        if any(name in late for name in list(node.input) + inner):
             late.update(o for o in node.output if o)
             latest = node.output[0] if node.output and node.output[0] else latest
         if node.op_type in SHAPE_READS and node.input[0] in producer and node.input[0] not in keep:
@@ -286,6 +319,8 @@ def recompute_forward(forward_nodes: list[onnx.NodeProto], relevance_nodes: list
         for k, name in enumerate(node.input):
             if name and name in producer and name not in keep:
                 node.input[k] = recomputed(name, signal)
+        rename_outer_reads(node, {name: recomputed(name, signal) for name in inner
+                                  if name in producer and name not in keep})
         result.append(node)
     return result
 

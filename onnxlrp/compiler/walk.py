@@ -26,6 +26,7 @@ from ..ops.linear_map import linear_map
 from ..ops.registry import Family, family_of
 from ..zero_relevance import ZeroRelevance
 from .analysis import Analysis
+from .query_chunks import chunkable, relevance_over_query_chunks
 from .signals import GRADIENT, RELEVANCE, Signal, convert, gather
 
 IDENTITY_EPSILON = 1e-10   # LXT's identity rule divides by x + 1e-10
@@ -71,10 +72,17 @@ def strategy(family: Family | None, rule, kind: str | None, form: str, block: bo
 class Walk:
     def __init__(self, b: Builder, analysis: Analysis, composite, forward_nodes: dict[str, onnx.NodeProto],
                  crp, opset: int, contrastive=None, record_layers: bool = False, batch_fixed: bool = False,
-                 support: tuple[int, int, int] | None = None, head_splits: list[list[str]] = ()):
+                 support: tuple[int, int, int] | None = None, attentions: list = (), query_chunk: int | None = None):
         self.b, self.analysis, self.crp, self.opset = b, analysis, crp, opset
         # an attention split per head (canonical/heads.py): its Split nodes, by the name of each
-        self.head_splits = {name: group for group in head_splits for name in group}
+        self.head_splits = {name: attention.splits for attention in attentions for name in attention.splits}
+        # with query_chunk, each head whose relevance goes over its queries in chunks (query_chunks.py), by the
+        # name of its output product, and the nodes of such chains, which the walk then does not visit itself
+        self.chunked_heads = {chain.nodes[-1]: chain for attention in attentions for chain in attention.heads
+                              if query_chunk and chunkable(chain, analysis, forward_nodes)}
+        self.in_chunked_heads = {name for chain in self.chunked_heads.values() for name in chain.nodes}
+        self.query_chunk = query_chunk
+        self.sources = set(analysis.all_sources)
         self.batch_fixed = batch_fixed
         self.support = support   # where the start can be non-zero, along one axis of the explained output
         self.form = GRADIENT if composite.form == "gradient" else RELEVANCE
@@ -85,25 +93,32 @@ class Walk:
                                    analysis.kinds)
 
     def run(self, start: Signal | None) -> Walked:
-        analysis, b = self.analysis, self.b
-        sources = set(analysis.all_sources)
+        analysis = self.analysis
         received: dict[str, list[Signal]] = {analysis.logits: [start]} if start else {}
         walked = Walked(received=received)
         for node in reversed(analysis.path):
-            if node.name in self.head_splits:
-                self._tie_heads(self.head_splits[node.name], received)
-            signals = [gather(b, received.get(o) if o in sources else received.pop(o, None), o, node.name)
-                       if o else None for o in node.output]
-            signals = self.crp.apply(b, node, signals, received)
-            is_contrastive = self.contrastive is not None and node is self.contrastive[0]
-            if not is_contrastive and not any(signals):
-                continue
-            b.set_scope(node.name)
-            sent = self._send(node, signals, walked, is_contrastive)
-            for name, signal in zip(self._targets(node), sent):
-                if signal is not None:
-                    received.setdefault(name, []).append(signal)
+            if node.name in self.chunked_heads:
+                relevance_over_query_chunks(self, self.chunked_heads[node.name], received, walked, self.query_chunk)
+            elif node.name not in self.in_chunked_heads:
+                self.visit(node, received, walked)
         return walked
+
+    def visit(self, node, received: dict[str, list[Signal]], walked: Walked) -> None:
+        """Send what `received` holds at the node's outputs back to its inputs, into `received`."""
+        b = self.b
+        if node.name in self.head_splits:
+            self._tie_heads(self.head_splits[node.name], received)
+        signals = [gather(b, received.get(o) if o in self.sources else received.pop(o, None), o, node.name)
+                   if o else None for o in node.output]
+        signals = self.crp.apply(b, node, signals, received)
+        is_contrastive = self.contrastive is not None and node is self.contrastive[0]
+        if not is_contrastive and not any(signals):
+            return
+        b.set_scope(node.name)
+        sent = self._send(node, signals, walked, is_contrastive)
+        for name, signal in zip(self._targets(node), sent):
+            if signal is not None:
+                received.setdefault(name, []).append(signal)
 
     def _targets(self, node) -> list[str]:
         block = self.analysis.blocks.get(node.name)

@@ -68,7 +68,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_each_head_computes_what_the_batched_attention_computed():
     model = onnx.parser.parse_model(_attention())
     split, splits = split_attention_heads(model)
-    assert len(splits) == 1 and len(splits[0]) == 3
+    assert len(splits) == 1 and len(splits[0].splits) == 3
     ops = [n.op_type for n in split.graph.node]
     assert ops.count("Softmax") == 2 and ops.count("Cast") == 2 and ops.count("Split") == 3   # Q, K^T, V
     assert ops.count("Concat") == 1
