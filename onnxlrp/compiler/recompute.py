@@ -18,7 +18,7 @@ shape inference): a copy made early for a shape would make onnxruntime compute, 
 attention's output: every head's probabilities) long before the relevance pass needs them. The forward then
 frees a block's internals as soon as the next block has read them, and the relevance pass holds one block's
 recomputed internals at a time (one head's, with the attention split per head and each head's signals tied:
-canonical/heads.py, walk.Walk._tie_heads).
+canonical/heads.py, walk.Walk._tie_heads; of that head, one chunk of queries at a time: query_chunks.py).
 
 onnxruntime must run each copy late, when the relevance pass reaches it: its default order runs a node as
 soon as its inputs exist (the copies would run during the forward and be held all the same), and

@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxlrp.canonical.shapes import exported, symbolic_dims
+from onnxlrp.canonical.shapes import exported, outer_reads, rename_outer_reads, symbolic_dims
 
 needs_sympy = pytest.mark.skipif(__import__("importlib").util.find_spec("sympy") is None, reason="needs sympy")
 
@@ -118,3 +118,27 @@ def test_exported_fills_the_copies_of_an_outer_weight_in_a_branch():
     branch = next(a.g for a in model.graph.node[1].attribute if a.name == "then_branch")
     copies = [t for t in branch.initializer if t.name == "w"]
     assert copies and all(np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(weight)) for t in copies)
+
+
+def _loop_reading(outer: str) -> onnx.NodeProto:
+    """A Loop whose body adds the outer-scope `outer` to its carried value, through a nested If that reads it too."""
+    helper, f = onnx.helper, onnx.TensorProto.FLOAT
+    branch = helper.make_graph([helper.make_node("Identity", [outer], ["picked"])], "branch", [],
+                               [helper.make_tensor_value_info("picked", f, None)])
+    body = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["chosen"], then_branch=branch, else_branch=branch),
+         helper.make_node("Add", ["carried", "chosen"], ["summed"]), helper.make_node("Identity", ["cond"], ["again"])],
+        "body", [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("carried", f, None)],
+        [helper.make_tensor_value_info("again", onnx.TensorProto.BOOL, []), helper.make_tensor_value_info("summed", f, None)])
+    return helper.make_node("Loop", ["trips", "true", "start"], ["end"], body=body)
+
+
+def test_outer_reads_are_the_names_a_body_reads_from_outside_it():
+    loop = _loop_reading("a")
+    assert outer_reads(loop) == {"a"}          # not the body's own inputs and outputs ("cond", "carried", "chosen")
+    rename_outer_reads(loop, {"a": "a/recomputed", "carried": "elsewhere"})
+    assert outer_reads(loop) == {"a/recomputed"}
+    body = loop.attribute[0].g
+    assert list(body.node[1].input) == ["carried", "chosen"]   # a name the body defines is its own
