@@ -9,6 +9,11 @@ gradients at K^T and V (sums over queries) to carried accumulators; the causal m
 the body from positions. Every tensor the Loop holds is [chunk, keys] or [keys, head_dim]: linear in the prompt.
 
     python tools/bench_query_chunks.py --lengths 512 1024 2048 4096 --chunk 256 512
+    python tools/bench_query_chunks.py --arch llama_35m --lengths 1024 2048 --chunk 512 1024 2048 0
+
+With --arch, a decoder of tools/llm_fixtures.py (its TorchScript export) instead: its low-form explainer
+compiled with each chunk size (0: the heads whole, no Loop), all in one process, their runs interleaved
+(median of --repeats after a warm-up; AttnLRP, the next token at the last position).
 
 Per cell: time (median of --repeats after a warm-up) and peak resident memory above the loaded session
 (VmHWM, a fresh process per cell), onnxruntime CPU, --threads threads; the chunked outputs are checked
@@ -23,6 +28,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -161,6 +167,38 @@ def _difference(tokens: int, chunk: int) -> float:
     return max(float(np.linalg.norm(chunked[k] - whole[k]) / np.linalg.norm(whole[k])) for k in whole.files)
 
 
+def explainers(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import llm_fixtures as F
+    from onnxlrp import compiler
+    from onnxlrp.runtime import default_session_options
+    source = str(F.fixture(args.arch, "torchscript"))
+    sessions = {}
+    for chunk in args.chunk:
+        compiler.QUERY_CHUNK = chunk
+        compiled = compiler.compile_explainer(source, composite="attn_lrp", memory="low")
+        sessions[chunk] = (ort.InferenceSession(compiled.model.SerializeToString(), default_session_options(args.threads),
+                                                providers=["CPUExecutionProvider"]),
+                           compiled.target_input, compiled.position_input)
+        del compiled
+    print(f"{args.arch}, low form, onnxruntime {ort.__version__}, {args.threads} threads, runs interleaved in one "
+          f"process, median of {args.repeats} after a warm-up; chunk 0: the heads whole")
+    print("| tokens | " + " | ".join(f"chunk {c} s" for c in args.chunk) + " |\n|" + "---:|" * (len(args.chunk) + 1))
+    for tokens in args.lengths:
+        ids = np.concatenate([[2], np.random.default_rng(0).integers(4, 8000, size=tokens - 1)])[None].astype(np.int64)
+        times = {chunk: [] for chunk in sessions}
+        order = list(sessions.items())
+        for round_ in range(args.repeats + 1):
+            for chunk, (session, target, position) in (order if round_ % 2 == 0 else order[::-1]):
+                feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), target: np.full(1, -1, np.int64),
+                         position: np.full(1, tokens - 1, np.int64)}
+                begin = time.perf_counter()
+                session.run(None, feeds)
+                times[chunk].append(time.perf_counter() - begin)
+        print(f"| {tokens} | " + " | ".join(f"{np.median(t[1:]):.2f}" for t in times.values()) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
@@ -169,7 +207,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child", type=int, nargs=2, metavar=("TOKENS", "CHUNK"), help=argparse.SUPPRESS)
+    parser.add_argument("--arch", help="a decoder of tools/llm_fixtures.py: its explainer at each chunk size")
     args = parser.parse_args()
+    if args.arch:
+        explainers(args)
+        return
     if args.child:
         print(json.dumps(child(*args.child[:1], args.head_dim, args.child[1], args.threads, args.repeats)))
         return
