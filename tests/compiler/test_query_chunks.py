@@ -2,9 +2,6 @@
 the default form's relevance, and no [queries, keys] tensor in the relevance pass."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnx.parser
@@ -14,7 +11,7 @@ from onnxlrp import Explainer
 from onnxlrp import compiler
 from onnxlrp.canonical.shapes import outer_reads
 from onnxlrp.compiler import compile_explainer
-from tests.compiler.test_recompute import DECODER
+from tests.compiler.test_recompute import DECODER, profiled_events
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -47,15 +44,8 @@ def test_the_relevance_pass_holds_no_whole_heads_scores(monkeypatch, tmp_path):
     probabilities and softmax rule are [queries, keys]."""
     monkeypatch.setattr(compiler, "QUERY_CHUNK", 3)
     compiled = compile_explainer(onnx.parser.parse_model(DECODER), composite="attn_lrp", memory="low")
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp_path / "profile")
-    session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     tokens = 12
-    x = np.random.default_rng(4).normal(size=(1, tokens, 8)).astype(np.float32)
-    session.run(None, {"x": x, compiled.target_input: np.array([0])})
-    events = [e for e in json.loads(Path(session.end_profiling()).read_text())
-              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    events = profiled_events(compiled, tokens, tmp_path)
     relevance_pass = [e for e in events if e["args"].get("op_name") != "Loop"   # a Loop's: [queries, head] x 3
                       and (e["name"].startswith("lrp/") or "/recomputed" in e["name"])]
     sizes = [int(e["args"].get("output_size", 0)) for e in relevance_pass]

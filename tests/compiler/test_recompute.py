@@ -377,6 +377,21 @@ def test_shape_reads_are_taken_off_kept_tensors():
     assert shape_reads and not [name for name in shape_reads if name.endswith(RECOMPUTED)]
 
 
+def profiled_events(compiled, tokens: int, tmp_path, **settings) -> list[dict]:
+    """onnxruntime's profile of one run of DECODER's explainer (session options `settings` on top): the kernel
+    events, in the order the nodes ran."""
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    for name, value in settings.items():
+        setattr(options, name, value)
+    session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).normal(size=(1, tokens, 8)).astype(np.float32)
+    session.run(None, {"x": x, compiled.target_input: np.array([0])})
+    return [e for e in json.loads(Path(session.end_profiling()).read_text())
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
 @pytest.mark.parametrize("projections", ["q k v", "v k q"])
 def test_the_relevance_pass_holds_one_heads_probabilities_at_a_time(projections, tmp_path):
     """In onnxruntime's order (default, all optimisations), the [queries, keys] tensors of one head's relevance
@@ -392,20 +407,12 @@ def test_the_relevance_pass_holds_one_heads_probabilities_at_a_time(projections,
             text = text.replace(rows[lines[0]], "@q@").replace(rows[lines[2]], rows[lines[0]]).replace(
                 "@q@", rows[lines[2]])
     compiled = compile_explainer(onnx.parser.parse_model(text), composite="attn_lrp", memory="low")
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp_path / "profile")
-    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
-    session = ort.InferenceSession(compiled.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     tokens = 7
-    x = np.random.default_rng(4).normal(size=(1, tokens, 8)).astype(np.float32)
-    session.run(None, {"x": x, compiled.target_input: np.array([0])})
-    events = [e for e in json.loads(Path(session.end_profiling()).read_text())
-              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    events = profiled_events(compiled, tokens, tmp_path, optimized_model_filepath=str(tmp_path / "optimised.onnx"))
     order = {e["name"][:-len("_kernel_time")]: k for k, e in enumerate(events)}
     square = {e["name"][:-len("_kernel_time")] for e in events   # float [1, 1, tokens, tokens] outputs
               if int(e["args"].get("output_size", 0)) == tokens * tokens * 4}
-    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    nodes = onnx.load(str(tmp_path / "optimised.onnx")).graph.node
     relevance_pass = min(order[n.name] for n in nodes if n.name.startswith("lrp/"))
     alive = []   # (made, last read, head) of each square tensor of a head's chain in the relevance pass
     for node in nodes:
