@@ -56,10 +56,8 @@ def _operands(chain: HeadChain, forward_nodes: dict[str, onnx.NodeProto]) -> lis
 
 def _has_query_axis(analysis, name: str) -> bool:
     """An operand whose second-to-last axis lines up with the queries and is not 1 (a mask's rows)."""
-    if analysis.fwd.const(name) is not None:
-        shape = analysis.fwd.const(name).shape
-    else:
-        shape = analysis.fwd.shape(name)
+    constant = analysis.fwd.const(name)
+    shape = constant.shape if constant is not None else analysis.fwd.shape(name)
     return len(shape) >= 2 and shape[-2] != 1
 
 
@@ -72,9 +70,8 @@ def relevance_over_query_chunks(walk, chain: HeadChain, received: dict[str, list
     if arriving is None:
         return
     b.set_scope(f"{chain.nodes[-1]}/query_chunks")
-    rank = len(analysis.fwd.shape(chain.queries))
-    query_axis = rank - 2
-    queries = b.op("Gather", [b.op("Shape", [chain.queries]), b.ints([query_axis])])
+    query_axis = b.ints([-2])   # the second-to-last, in Q, the mask, the signals alike
+    queries = b.op("Gather", [b.op("Shape", [chain.queries]), query_axis])
     trips = b.op("Div", [b.op("Add", [queries, b.ints([chunk - 1])]), b.ints([chunk])])
     trips = b.op("Reshape", [trips, b.ints([])])
     always = b.const(np.array(True), hint="true")
@@ -86,7 +83,7 @@ def relevance_over_query_chunks(walk, chain: HeadChain, received: dict[str, list
     rows = {}   # forward tensor -> its chunk's rows, inside the body
 
     def sliced(name: str) -> str:
-        return b.op("Slice", [name, start, stop, b.ints([-2])], hint="rows")   # the queries' axis, for any rank
+        return b.op("Slice", [name, start, stop, query_axis], hint="rows")
 
     rows[chain.queries] = sliced(chain.queries)
     for operand in _operands(chain, walk.forward_nodes):
@@ -102,8 +99,9 @@ def relevance_over_query_chunks(walk, chain: HeadChain, received: dict[str, list
         b.nodes.append(node)
     walked_from = len(b.nodes)
     local = {chain.output: [Signal(sliced(arriving.name), arriving.form)]}
+    in_chain = set(chain.nodes)
     for node in reversed(analysis.path):
-        if node.name in chain.nodes:
+        if node.name in in_chain:
             walk.visit(node, local, walked)
     b.set_scope(f"{chain.nodes[-1]}/query_chunks")
     sent = {name: gather(b, local.pop(name, None), name, f"{name}/rows") for name in
@@ -119,14 +117,14 @@ def relevance_over_query_chunks(walk, chain: HeadChain, received: dict[str, list
     for name, signal in sent.items():
         before, after = b.fresh("carried"), b.fresh("carried")
         if name == chain.queries:   # the rows of each chunk, appended
-            b.op("Concat", [before, signal.name], axis=query_axis, output=after)
+            b.op("Concat", [before, signal.name], axis=-2, output=after)
         else:                       # a sum over the queries
             b.op("Add", [before, signal.name], output=after)
         carried.append((before, after))
     continued = b.op("Identity", [condition])
     body_nodes = b.nodes[first:]
     del b.nodes[first:]
-    initial = [b.op("Slice", [chain.queries, b.ints([0]), b.ints([0]), b.ints([query_axis])]) if name == chain.queries
+    initial = [b.op("Slice", [chain.queries, b.ints([0]), b.ints([0]), query_axis]) if name == chain.queries
                else b.const(np.zeros([1] * len(analysis.fwd.shape(name)), np.float32), hint="zero") for name in sent]
     value = lambda name, elem_type, shape=None: helper.make_tensor_value_info(name, elem_type, shape)  # noqa: E731
     body = helper.make_graph(
