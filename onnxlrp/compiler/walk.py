@@ -74,13 +74,15 @@ class Walk:
                  crp, opset: int, contrastive=None, record_layers: bool = False, batch_fixed: bool = False,
                  support: tuple[int, int, int] | None = None, attentions: list = (), query_chunk: int | None = None):
         self.b, self.analysis, self.crp, self.opset = b, analysis, crp, opset
-        # an attention split per head (canonical/heads.py): its Split nodes, by the name of each
-        self.head_splits = {name: attention.splits for attention in attentions for name in attention.splits}
         # with query_chunk, each head whose relevance goes over its queries in chunks (query_chunks.py), by the
         # name of its output product, and the nodes of such chains, which the walk then does not visit itself
         self.chunked_heads = {chain.nodes[-1]: chain for attention in attentions for chain in attention.heads
                               if query_chunk and chunkable(chain, analysis, forward_nodes)}
         self.in_chunked_heads = {name for chain in self.chunked_heads.values() for name in chain.nodes}
+        # an attention split per head (canonical/heads.py): its Split nodes, by the name of each, where its heads'
+        # signals are to be tied (a chunked head's Loop sends to Q, K^T and V at once: tied already)
+        self.head_splits = {name: attention.splits for attention in attentions for name in attention.splits
+                            if any(chain.nodes[-1] not in self.chunked_heads for chain in attention.heads)}
         self.query_chunk = query_chunk
         self.sources = set(analysis.all_sources)
         self.batch_fixed = batch_fixed
